@@ -1,0 +1,134 @@
+//! The HTTP API: routes, access control, limits and the JSON error shape.
+
+mod auth;
+mod engines;
+pub mod error;
+mod events;
+mod streams;
+mod system;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, StatusCode};
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::{middleware, Router};
+use tower_http::trace::TraceLayer;
+
+use crate::service::Orchestrator;
+use error::ApiError;
+
+/// Largest request body accepted; every body this API takes is a few hundred bytes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub orch: Arc<Orchestrator>,
+    pub api_key: Option<Arc<str>>,
+}
+
+/// One row of the route table: method, path, and whether it needs the API key.
+/// Tests walk this table (every protected route answers 401/403) and the
+/// OpenAPI document is checked against it.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub protected: bool,
+}
+
+macro_rules! routes {
+    ($( $method:ident $path:literal $protected:literal => $handler:expr ;)*) => {
+        /// Every route the API serves.
+        pub fn route_table() -> Vec<Route> {
+            vec![$( Route { method: Method::$method, path: $path, protected: $protected } ),*]
+        }
+
+        fn add_routes(open: Router<AppState>, protected: Router<AppState>) -> (Router<AppState>, Router<AppState>) {
+            let mut open = open;
+            let mut protected = protected;
+            $(
+                let handler: MethodRouter<AppState> = $handler;
+                if $protected {
+                    protected = protected.route($path, handler);
+                } else {
+                    open = open.route($path, handler);
+                }
+            )*
+            (open, protected)
+        }
+    };
+}
+
+routes! {
+    GET "/engines" false => get(engines::list);
+    POST "/engines" true => post(engines::register);
+    GET "/engines/{id}" false => get(engines::get);
+    DELETE "/engines/{id}" true => delete(engines::remove);
+    GET "/engines/{id}/health" false => get(engines::health_history);
+    POST "/engines/{id}/health/check" true => post(engines::check_one);
+    POST "/engines/select" true => post(engines::select);
+    POST "/health/check" true => post(engines::check_all);
+    GET "/streams" false => get(streams::list);
+    GET "/streams/{id}" false => get(streams::get);
+    DELETE "/streams/{id}" true => delete(streams::stop);
+    GET "/streams/{id}/stats" false => get(streams::stats);
+    POST "/events/stream_started" true => post(events::stream_started);
+    POST "/events/stream_ended" true => post(events::stream_ended);
+    GET "/metrics" false => get(system::metrics);
+    GET "/openapi.json" false => get(system::openapi);
+    GET "/health/live" false => get(system::live);
+    GET "/health/ready" false => get(system::ready);
+}
+
+/// Serializes `value` into a JSON response. Used where the value borrows from
+/// the registry, so that the lock is held for the serialization and no longer.
+pub fn json_response<T: serde::Serialize>(value: &T) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
+}
+
+pub fn router(state: AppState) -> Router {
+    // Routes that share a path but differ in protection (GET /engines is open,
+    // POST /engines is not) are merged by axum per method.
+    let (open, protected) = add_routes(Router::new(), Router::new());
+    let protected = protected.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_access,
+    ));
+    open.merge(protected)
+        .fallback(|| async { ApiError::NotFound("no such route; see GET /openapi.json".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::Status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route; see GET /openapi.json".into(),
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &axum::http::Request<_>| {
+                    let route = request
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_else(|| "unmatched".into());
+                    tracing::debug_span!("http", method = %request.method(), route)
+                })
+                .on_response(
+                    |response: &axum::http::Response<_>, latency: Duration, _: &tracing::Span| {
+                        tracing::debug!(
+                            status = response.status().as_u16(),
+                            latency_ms = latency.as_secs_f64() * 1000.0,
+                            "answered"
+                        );
+                    },
+                ),
+        )
+        .with_state(state)
+}

@@ -1,0 +1,129 @@
+//! Wiring: open the database, restore the registry, bind the listener, start the
+//! background loops, serve, and shut everything down in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::service::{Orchestrator, Settings};
+use crate::store::Store;
+use crate::{collector, health};
+
+/// How long in-flight requests get to finish after a shutdown signal. The
+/// whole shutdown must stay under 5 s.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct App {
+    listener: TcpListener,
+    orch: Arc<Orchestrator>,
+    api_key: Option<Arc<str>>,
+}
+
+impl App {
+    /// Everything that can fail at start-up happens here, before anything runs.
+    pub async fn build(config: &Config) -> anyhow::Result<App> {
+        let settings = Settings::from_config(config);
+        let path = config.db_path()?;
+        let (store, loaded) = Store::open(&path, settings.retention, config.ended_streams_max)
+            .with_context(|| format!("cannot open the database {}", path.display()))?;
+        let registry = Registry::restore(Settings::limits(config), loaded);
+        tracing::info!(
+            db = %path.display(),
+            engines = registry.engine_count(),
+            active_streams = registry.active_stream_count(),
+            "state restored"
+        );
+        let addr = SocketAddr::new(config.app_host, config.app_port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (APP_HOST/APP_PORT)"))?;
+        Ok(App {
+            listener,
+            orch: Arc::new(Orchestrator::new(registry, store, settings)),
+            api_key: config.api_key.as_deref().map(Arc::from),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn orchestrator(&self) -> Arc<Orchestrator> {
+        self.orch.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains requests (bounded),
+    /// stops the loops and flushes the database.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tasks = TaskTracker::new();
+        tasks.spawn(
+            health::run(self.orch.clone(), shutdown.clone())
+                .instrument(tracing::info_span!("health_monitor")),
+        );
+        tasks.spawn(
+            collector::run(self.orch.clone(), shutdown.clone())
+                .instrument(tracing::info_span!("collector")),
+        );
+        tasks.spawn(
+            maintenance(self.orch.clone(), shutdown.clone())
+                .instrument(tracing::info_span!("maintenance")),
+        );
+        tasks.close();
+
+        let addr = self.local_addr()?;
+        tracing::info!(%addr, "listening");
+        let router = api::router(AppState {
+            orch: self.orch.clone(),
+            api_key: self.api_key,
+        });
+        let server = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server = tokio::spawn(async move { server.await });
+
+        shutdown.cancelled().await;
+        tracing::info!("shutting down");
+        match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "server stopped with an error"),
+            Ok(Err(error)) => tracing::warn!(%error, "server task failed"),
+            Err(_) => tracing::warn!("requests still open after {DRAIN_TIMEOUT:?}; closing them"),
+        }
+        if tokio::time::timeout(Duration::from_secs(1), tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop within 1s");
+        }
+        self.orch.store.flush().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Periodic housekeeping: expired reservations and history trimming.
+async fn maintenance(orch: Arc<Orchestrator>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(60));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        orch.registry
+            .write()
+            .purge_expired_reservations(crate::time::Timestamp::now());
+        orch.store.trim(orch.settings.retention);
+    }
+}

@@ -1,0 +1,522 @@
+//! Configuration: environment variables (the names operators already have in
+//! their compose files), a `.env` file, and the same settings as command-line
+//! flags. Everything is parsed and checked before any port is bound, and a bad
+//! value stops start-up with a message naming the variable.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("{var}: {message}")]
+    Invalid { var: &'static str, message: String },
+}
+
+fn invalid(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        message: message.into(),
+    }
+}
+
+/// An inclusive port range written `start-end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn len(&self) -> usize {
+        usize::from(self.end - self.start) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.start..=self.end).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.start, self.end)
+    }
+}
+
+fn parse_port_range(text: &str) -> Result<PortRange, String> {
+    let (start, end) = text
+        .split_once('-')
+        .ok_or_else(|| format!("'{text}' is not a range like 19000-19999"))?;
+    let start: u16 = start
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{start}' is not a port number (1-65535)"))?;
+    let end: u16 = end
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{end}' is not a port number (1-65535)"))?;
+    if start == 0 {
+        return Err("ports start at 1".into());
+    }
+    if start > end {
+        return Err(format!("the range starts at {start}, above its end {end}"));
+    }
+    Ok(PortRange { start, end })
+}
+
+/// A Docker label written `key=value`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Label {
+    pub key: String,
+    pub value: String,
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.key, self.value)
+    }
+}
+
+fn parse_label(text: &str) -> Result<Label, String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok(Label {
+            key: key.trim().to_owned(),
+            value: value.trim().to_owned(),
+        }),
+        _ => Err(format!("'{text}' is not a label like key=value")),
+    }
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !value.is_finite() || value <= 0.0 {
+        return Err(format!("'{text}' must be a number of seconds above 0"));
+    }
+    Ok(value)
+}
+
+fn parse_non_negative_seconds(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("'{text}' must be a number of seconds, 0 or more"));
+    }
+    Ok(value)
+}
+
+/// Every setting, each with its environment variable. `--help` lists them all
+/// with their defaults. The value names are the variable names so that a parse
+/// error names the variable an operator would edit.
+#[derive(Parser, Clone)]
+#[command(
+    name = "acestream-orchestrator",
+    version,
+    about = "Keeps a pool of AceStream engines healthy, tracks their usage and hands stream proxies the best engine.",
+    after_help = "Every option can also be set by its environment variable or in a .env file in the working directory."
+)]
+pub struct Config {
+    /// Listen address.
+    #[arg(
+        long,
+        env = "APP_HOST",
+        value_name = "APP_HOST",
+        default_value = "0.0.0.0"
+    )]
+    pub app_host: IpAddr,
+
+    /// Listen port.
+    #[arg(
+        long,
+        env = "APP_PORT",
+        value_name = "APP_PORT",
+        default_value_t = 8000
+    )]
+    pub app_port: u16,
+
+    /// Bearer key for protected endpoints. While unset, protected endpoints answer only clients on loopback.
+    #[arg(long, env = "API_KEY", value_name = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// SQLite database, `sqlite:///relative/path.db` or `sqlite:////absolute/path.db`.
+    #[arg(
+        long,
+        env = "DB_URL",
+        value_name = "DB_URL",
+        default_value = "sqlite:///./orchestrator.db"
+    )]
+    pub db_url: String,
+
+    /// Seconds between two health sweeps.
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL_S", value_name = "HEALTH_CHECK_INTERVAL_S", default_value = "30", value_parser = parse_seconds)]
+    pub health_check_interval_s: f64,
+
+    /// Seconds before a health check counts as failed.
+    #[arg(long, env = "HEALTH_CHECK_TIMEOUT_S", value_name = "HEALTH_CHECK_TIMEOUT_S", default_value = "5", value_parser = parse_seconds)]
+    pub health_check_timeout_s: f64,
+
+    /// Consecutive failed checks before an engine is unhealthy.
+    #[arg(
+        long,
+        env = "HEALTH_FAILURE_THRESHOLD",
+        value_name = "HEALTH_FAILURE_THRESHOLD",
+        default_value_t = 1
+    )]
+    pub health_failure_threshold: u32,
+
+    /// Health checks running at once.
+    #[arg(
+        long,
+        env = "HEALTH_CHECK_CONCURRENCY",
+        value_name = "HEALTH_CHECK_CONCURRENCY",
+        default_value_t = 256
+    )]
+    pub health_check_concurrency: usize,
+
+    /// Health checks and transitions kept per engine for `GET /engines/{id}/health`.
+    #[arg(
+        long,
+        env = "HEALTH_HISTORY_MAX",
+        value_name = "HEALTH_HISTORY_MAX",
+        default_value_t = 50
+    )]
+    pub health_history_max: usize,
+
+    /// Seconds an engine we run may stay unhealthy before it is replaced.
+    #[arg(long, env = "HEALTH_UNHEALTHY_GRACE_PERIOD_S", value_name = "HEALTH_UNHEALTHY_GRACE_PERIOD_S", default_value = "60", value_parser = parse_non_negative_seconds)]
+    pub health_unhealthy_grace_period_s: f64,
+
+    /// Seconds between two replacements.
+    #[arg(long, env = "HEALTH_REPLACEMENT_COOLDOWN_S", value_name = "HEALTH_REPLACEMENT_COOLDOWN_S", default_value = "60", value_parser = parse_non_negative_seconds)]
+    pub health_replacement_cooldown_s: f64,
+
+    /// Above this share of unhealthy engines, suspect a shared cause and replace none.
+    #[arg(
+        long,
+        env = "HEALTH_MAX_UNHEALTHY_PERCENT",
+        value_name = "HEALTH_MAX_UNHEALTHY_PERCENT",
+        default_value_t = 50
+    )]
+    pub health_max_unhealthy_percent: u8,
+
+    /// Seconds between two polls of each started stream's stat_url.
+    #[arg(long, env = "COLLECT_INTERVAL_S", value_name = "COLLECT_INTERVAL_S", default_value = "5", value_parser = parse_seconds)]
+    pub collect_interval_s: f64,
+
+    /// Stat snapshots kept per stream.
+    #[arg(
+        long,
+        env = "STATS_HISTORY_MAX",
+        value_name = "STATS_HISTORY_MAX",
+        default_value_t = 720
+    )]
+    pub stats_history_max: usize,
+
+    /// Ended streams kept in memory for `GET /streams` (all stay in the database).
+    #[arg(
+        long,
+        env = "ENDED_STREAMS_MAX",
+        value_name = "ENDED_STREAMS_MAX",
+        default_value_t = 1000
+    )]
+    pub ended_streams_max: usize,
+
+    /// Default stream limit per engine for `POST /engines/select`.
+    #[arg(
+        long,
+        env = "MAX_STREAMS_PER_ENGINE",
+        value_name = "MAX_STREAMS_PER_ENGINE",
+        default_value_t = 2
+    )]
+    pub max_streams_per_engine: u32,
+
+    /// Seconds a slot reserved by `POST /engines/select` waits for its stream_started.
+    #[arg(long, env = "SELECT_RESERVATION_TTL_S", value_name = "SELECT_RESERVATION_TTL_S", default_value = "30", value_parser = parse_seconds)]
+    pub select_reservation_ttl_s: f64,
+
+    /// Engine image.
+    #[arg(
+        long,
+        env = "TARGET_IMAGE",
+        value_name = "TARGET_IMAGE",
+        default_value = "acestream/engine:latest"
+    )]
+    pub target_image: String,
+
+    /// Label that marks the containers we manage.
+    #[arg(long, env = "CONTAINER_LABEL", value_name = "CONTAINER_LABEL", default_value = "ondemand.app=myservice", value_parser = parse_label)]
+    pub container_label: Label,
+
+    /// Docker network for engine containers.
+    #[arg(long, env = "DOCKER_NETWORK", value_name = "DOCKER_NETWORK")]
+    pub docker_network: Option<String>,
+
+    /// Engines kept free (without a stream).
+    #[arg(
+        long,
+        env = "MIN_REPLICAS",
+        value_name = "MIN_REPLICAS",
+        default_value_t = 0
+    )]
+    pub min_replicas: u32,
+
+    /// Most engines run at once.
+    #[arg(
+        long,
+        env = "MAX_REPLICAS",
+        value_name = "MAX_REPLICAS",
+        default_value_t = 20
+    )]
+    pub max_replicas: u32,
+
+    /// Seconds a new engine has to answer its API.
+    #[arg(long, env = "STARTUP_TIMEOUT_S", value_name = "STARTUP_TIMEOUT_S", default_value = "25", value_parser = parse_seconds)]
+    pub startup_timeout_s: f64,
+
+    /// Seconds between two Docker resyncs.
+    #[arg(long, env = "MONITOR_INTERVAL_S", value_name = "MONITOR_INTERVAL_S", default_value = "10", value_parser = parse_seconds)]
+    pub monitor_interval_s: f64,
+
+    /// Seconds between two autoscaler runs.
+    #[arg(long, env = "AUTOSCALE_INTERVAL_S", value_name = "AUTOSCALE_INTERVAL_S", default_value = "30", value_parser = parse_seconds)]
+    pub autoscale_interval_s: f64,
+
+    /// Seconds an empty engine lives before removal.
+    #[arg(long, env = "ENGINE_GRACE_PERIOD_S", value_name = "ENGINE_GRACE_PERIOD_S", default_value = "30", value_parser = parse_non_negative_seconds)]
+    pub engine_grace_period_s: f64,
+
+    /// Remove the engine when its stream ends.
+    #[arg(long, env = "AUTO_DELETE", value_name = "AUTO_DELETE", default_value = "false", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub auto_delete: bool,
+
+    /// Host ports for engine containers.
+    #[arg(long, env = "PORT_RANGE_HOST", value_name = "PORT_RANGE_HOST", default_value = "19000-19999", value_parser = parse_port_range)]
+    pub port_range_host: PortRange,
+
+    /// In-container HTTP ports.
+    #[arg(long, env = "ACE_HTTP_RANGE", value_name = "ACE_HTTP_RANGE", default_value = "40000-44999", value_parser = parse_port_range)]
+    pub ace_http_range: PortRange,
+
+    /// In-container HTTPS ports.
+    #[arg(long, env = "ACE_HTTPS_RANGE", value_name = "ACE_HTTPS_RANGE", default_value = "45000-49999", value_parser = parse_port_range)]
+    pub ace_https_range: PortRange,
+
+    /// Also publish the engine's HTTPS port.
+    #[arg(long, env = "ACE_MAP_HTTPS", value_name = "ACE_MAP_HTTPS", default_value = "false", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub ace_map_https: bool,
+}
+
+impl fmt::Debug for Config {
+    // By hand so that the API key never reaches a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("app_host", &self.app_host)
+            .field("app_port", &self.app_port)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("db_url", &self.db_url)
+            .field("health_check_interval_s", &self.health_check_interval_s)
+            .field("health_check_timeout_s", &self.health_check_timeout_s)
+            .field("health_failure_threshold", &self.health_failure_threshold)
+            .field("collect_interval_s", &self.collect_interval_s)
+            .field("max_streams_per_engine", &self.max_streams_per_engine)
+            .field("container_label", &self.container_label.to_string())
+            .field("min_replicas", &self.min_replicas)
+            .field("max_replicas", &self.max_replicas)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Parses flags and environment (the caller loads `.env` first) and checks the
+    /// rules that span several values.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::try_parse_from(args)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.health_failure_threshold == 0 {
+            return Err(invalid("HEALTH_FAILURE_THRESHOLD", "must be 1 or more"));
+        }
+        if self.health_check_concurrency == 0 {
+            return Err(invalid("HEALTH_CHECK_CONCURRENCY", "must be 1 or more"));
+        }
+        if self.health_history_max == 0 {
+            return Err(invalid("HEALTH_HISTORY_MAX", "must be 1 or more"));
+        }
+        if self.health_max_unhealthy_percent > 100 {
+            return Err(invalid(
+                "HEALTH_MAX_UNHEALTHY_PERCENT",
+                "must be between 0 and 100",
+            ));
+        }
+        if self.stats_history_max == 0 {
+            return Err(invalid("STATS_HISTORY_MAX", "must be 1 or more"));
+        }
+        if self.max_streams_per_engine == 0 {
+            return Err(invalid("MAX_STREAMS_PER_ENGINE", "must be 1 or more"));
+        }
+        if self.max_replicas < self.min_replicas {
+            return Err(invalid(
+                "MAX_REPLICAS",
+                format!(
+                    "{} is below MIN_REPLICAS ({})",
+                    self.max_replicas, self.min_replicas
+                ),
+            ));
+        }
+        if let Some(key) = &self.api_key {
+            if key.trim().is_empty() {
+                return Err(invalid(
+                    "API_KEY",
+                    "is set but empty; unset it or give a key",
+                ));
+            }
+        }
+        if self.container_label.value.is_empty() {
+            return Err(invalid("CONTAINER_LABEL", "needs a value after '='"));
+        }
+        self.db_path()?;
+        Ok(())
+    }
+
+    /// The SQLite file named by `DB_URL`. Accepts the SQLAlchemy spelling the
+    /// Python orchestrator used (`sqlite:///./x.db` relative, `sqlite:////abs/x.db`
+    /// absolute) and a bare `sqlite:x.db` or path.
+    pub fn db_path(&self) -> Result<PathBuf, ConfigError> {
+        let url = self.db_url.trim();
+        let path = if let Some(rest) = url.strip_prefix("sqlite:///") {
+            rest
+        } else if let Some(rest) = url.strip_prefix("sqlite://") {
+            rest
+        } else if let Some(rest) = url.strip_prefix("sqlite:") {
+            rest
+        } else if url.contains("://") {
+            return Err(invalid(
+                "DB_URL",
+                format!("'{url}' is not a SQLite URL; only sqlite:///path.db is supported"),
+            ));
+        } else {
+            url
+        };
+        if path.is_empty() || path == ":memory:" {
+            return Err(invalid(
+                "DB_URL",
+                "needs a file path (an in-memory database would lose every write on restart)",
+            ));
+        }
+        Ok(PathBuf::from(path))
+    }
+
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.health_check_interval_s)
+    }
+
+    pub fn health_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.health_check_timeout_s)
+    }
+
+    pub fn collect_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.collect_interval_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["acestream-orchestrator"];
+        all.extend_from_slice(args);
+        let config = Config::from_args(all).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.app_port, 8000);
+        assert_eq!(c.health_check_interval_s, 30.0);
+        assert_eq!(c.health_check_timeout_s, 5.0);
+        assert_eq!(c.health_failure_threshold, 1);
+        assert_eq!(c.max_streams_per_engine, 2);
+        assert_eq!(c.container_label.to_string(), "ondemand.app=myservice");
+        assert_eq!(
+            c.port_range_host,
+            PortRange {
+                start: 19000,
+                end: 19999
+            }
+        );
+        assert!(!c.auto_delete);
+        assert_eq!(c.db_path().unwrap(), PathBuf::from("./orchestrator.db"));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--app-port", "eighty"], "APP_PORT"),
+            (
+                &["--health-check-interval-s", "0"],
+                "HEALTH_CHECK_INTERVAL_S",
+            ),
+            (
+                &["--health-check-timeout-s", "-1"],
+                "HEALTH_CHECK_TIMEOUT_S",
+            ),
+            (&["--port-range-host", "20000-19000"], "PORT_RANGE_HOST"),
+            (&["--ace-http-range", "40000"], "ACE_HTTP_RANGE"),
+            (&["--container-label", "nolabel"], "CONTAINER_LABEL"),
+            (
+                &["--min-replicas", "5", "--max-replicas", "2"],
+                "MAX_REPLICAS",
+            ),
+            (
+                &["--health-failure-threshold", "0"],
+                "HEALTH_FAILURE_THRESHOLD",
+            ),
+            (&["--db-url", "postgres://x"], "DB_URL"),
+            (&["--auto-delete", "maybe"], "AUTO_DELETE"),
+        ];
+        for (args, var) in cases {
+            let err = parse(args).expect_err(&format!("{args:?} should be refused"));
+            assert!(err.contains(var), "{args:?}: '{err}' does not name {var}");
+        }
+    }
+
+    #[test]
+    fn db_urls_in_the_sqlalchemy_spelling() {
+        let path = |url: &str| parse(&["--db-url", url]).unwrap().db_path().unwrap();
+        assert_eq!(
+            path("sqlite:////var/lib/orch.db"),
+            PathBuf::from("/var/lib/orch.db")
+        );
+        assert_eq!(
+            path("sqlite:///data/orch.db"),
+            PathBuf::from("data/orch.db")
+        );
+        assert_eq!(path("orch.db"), PathBuf::from("orch.db"));
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let c = parse(&["--api-key", "s3cret"]).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

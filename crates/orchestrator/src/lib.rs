@@ -1,0 +1,16 @@
+//! AceStream orchestrator: keeps a pool of AceStream engines healthy, tracks
+//! their usage, records streams and their statistics, and hands stream proxies
+//! the engine that has been idle longest.
+
+pub mod api;
+pub mod app;
+pub mod collector;
+pub mod config;
+pub mod domain;
+pub mod health;
+pub mod metrics;
+pub mod registry;
+pub mod select;
+pub mod service;
+pub mod store;
+pub mod time;

@@ -1,0 +1,94 @@
+//! Wall-clock timestamps as the contract wants them: RFC 3339, UTC, millisecond
+//! precision, always with a zone (`2026-11-28T03:27:46.123Z`). Go clients decode
+//! these into `time.Time`, so a naive or empty timestamp would be fatal to them.
+
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(DateTime<Utc>);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        // Truncate to milliseconds so that what we serve, store and reload compare equal.
+        Self::from_millis(Utc::now().timestamp_millis())
+    }
+
+    pub fn from_millis(ms: i64) -> Self {
+        Self(DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::UNIX_EPOCH))
+    }
+
+    pub fn millis(self) -> i64 {
+        self.0.timestamp_millis()
+    }
+
+    /// Seconds elapsed from `self` to `later` (negative when `later` is earlier).
+    pub fn seconds_until(self, later: Timestamp) -> f64 {
+        (later.millis() - self.millis()) as f64 / 1000.0
+    }
+
+    pub fn plus_seconds(self, seconds: f64) -> Self {
+        Self::from_millis(self.millis() + (seconds * 1000.0) as i64)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, chrono::ParseError> {
+        let parsed = DateTime::parse_from_rfc3339(text)?;
+        Ok(Self::from_millis(
+            parsed.with_timezone(&Utc).timestamp_millis(),
+        ))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Timestamp::parse(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "'{text}' is not an RFC 3339 timestamp with an offset: {e}"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_with_millis_and_zulu() {
+        let ts = Timestamp::from_millis(1_795_836_466_123);
+        assert_eq!(ts.to_string(), "2026-11-28T03:27:46.123Z");
+        assert_eq!(
+            serde_json::to_string(&ts).unwrap(),
+            "\"2026-11-28T03:27:46.123Z\""
+        );
+    }
+
+    #[test]
+    fn parses_offsets_and_rejects_naive_times() {
+        let ts = Timestamp::parse("2026-11-28T04:27:46.123+01:00").unwrap();
+        assert_eq!(ts.to_string(), "2026-11-28T03:27:46.123Z");
+        assert!(Timestamp::parse("2026-11-28T03:27:46").is_err());
+        assert!(Timestamp::parse("").is_err());
+    }
+}
