@@ -476,10 +476,7 @@ mod tests {
                 &["--health-check-interval-s", "0"],
                 "HEALTH_CHECK_INTERVAL_S",
             ),
-            (
-                &["--health-check-timeout-s", "-1"],
-                "HEALTH_CHECK_TIMEOUT_S",
-            ),
+            (&["--health-check-timeout-s=-1"], "HEALTH_CHECK_TIMEOUT_S"),
             (&["--port-range-host", "20000-19000"], "PORT_RANGE_HOST"),
             (&["--ace-http-range", "40000"], "ACE_HTTP_RANGE"),
             (&["--container-label", "nolabel"], "CONTAINER_LABEL"),
