@@ -1,0 +1,368 @@
+//! Test harness: the real `acestream-orchestrator` binary and real
+//! `acestream-engine-sim` processes on ephemeral loopback ports.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// Polls `condition` until it returns `Some`, or fails the test after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        if Instant::now() > until {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn target_dir() -> PathBuf {
+    // target/<profile>/deps/<test binary>
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target profile directory")
+        .to_path_buf()
+}
+
+/// The engine emulator binary, built once if this test run did not build it.
+pub fn sim_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let path = target_dir().join("acestream-engine-sim");
+            if !path.exists() {
+                let status = std::process::Command::new(env!("CARGO"))
+                    .args(["build", "-p", "acestream-engine-sim"])
+                    .status()
+                    .expect("cargo build -p acestream-engine-sim");
+                assert!(status.success(), "building acestream-engine-sim failed");
+            }
+            path
+        })
+        .clone()
+}
+
+/// One emulator process serving one or more engines.
+pub struct Sim {
+    child: Child,
+    pub control: String,
+    pub ports: Vec<u16>,
+    client: reqwest::Client,
+}
+
+impl Sim {
+    pub async fn start(count: usize) -> Sim {
+        Self::start_with(&["--count", &count.to_string()]).await
+    }
+
+    pub async fn start_with(args: &[&str]) -> Sim {
+        let mut child = Command::new(sim_binary())
+            .args(["--http-port", "0", "--control-port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn acestream-engine-sim");
+        let stdout = child.stdout.take().expect("sim stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("READY") {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .expect("acestream-engine-sim printed no READY line");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let mut control = String::new();
+        let mut ports = Vec::new();
+        for field in ready.split_whitespace() {
+            if let Some(addr) = field.strip_prefix("control=") {
+                control = addr.to_owned();
+            } else if let Some(list) = field.strip_prefix("engines=") {
+                ports = list
+                    .split(',')
+                    .map(|a| a.rsplit(':').next().unwrap().parse().unwrap())
+                    .collect();
+            }
+        }
+        assert!(
+            !control.is_empty() && !ports.is_empty(),
+            "bad READY line: {ready}"
+        );
+        Sim {
+            child,
+            control,
+            ports,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.ports[0]
+    }
+
+    /// Switches engine `index` (or all, with `None`) to `mode`.
+    pub async fn set_mode(&self, index: Option<usize>, mode: &str) {
+        let mut body = json!({ "mode": mode });
+        if let Some(i) = index {
+            body["engine"] = json!(i);
+        }
+        let response = self
+            .client
+            .post(format!("http://{}/control/mode", self.control))
+            .json(&body)
+            .send()
+            .await
+            .expect("sim control");
+        assert!(response.status().is_success(), "sim refused mode {mode}");
+    }
+
+    pub async fn state(&self) -> Value {
+        self.client
+            .get(format!("http://{}/control/state", self.control))
+            .send()
+            .await
+            .expect("sim control")
+            .json()
+            .await
+            .expect("sim state json")
+    }
+
+    /// A real crash: the process dies, connections are refused.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// The orchestrator under test.
+pub struct Orch {
+    child: Option<Child>,
+    pub base: String,
+    pub db: PathBuf,
+    pub client: reqwest::Client,
+    logs: Arc<Mutex<Vec<String>>>,
+    env: Vec<(String, String)>,
+}
+
+impl Orch {
+    /// Starts with a fresh database in `dir` and fast health settings.
+    pub async fn start(dir: &Path, env: &[(&str, &str)]) -> Orch {
+        let db = dir.join("orchestrator.db");
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut orch = Orch {
+            child: None,
+            base: String::new(),
+            db,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            logs: Arc::new(Mutex::new(Vec::new())),
+            env,
+        };
+        orch.spawn().await;
+        orch
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_acestream-orchestrator"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("APP_HOST", "127.0.0.1")
+            .env("APP_PORT", "0")
+            .env("DB_URL", format!("sqlite:///{}", self.db.display()))
+            .env("HEALTH_CHECK_INTERVAL_S", "0.5")
+            .env("HEALTH_CHECK_TIMEOUT_S", "0.4")
+            .env("COLLECT_INTERVAL_S", "0.5")
+            .env("RUST_LOG", "info")
+            .current_dir(self.db.parent().unwrap());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn acestream-orchestrator");
+        let stderr = child.stderr.take().unwrap();
+        let logs = self.logs.clone();
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if std::env::var_os("TEST_LOG").is_some() {
+                    eprintln!("[orch] {line}");
+                }
+                if let Some(addr) = line
+                    .split("addr=")
+                    .nth(1)
+                    .filter(|_| line.contains("listening"))
+                {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr.trim().to_owned());
+                    }
+                }
+                logs.lock().push(line);
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| {
+                panic!(
+                    "orchestrator did not start:\n{}",
+                    self.logs.lock().join("\n")
+                )
+            });
+        self.base = format!("http://{addr}");
+        self.child = Some(child);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().join("\n")
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.client.get(self.url(path)).send().await.expect("GET");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn register(&self, port: u16) -> String {
+        let (status, body) = self
+            .post("/engines", json!({ "host": "127.0.0.1", "port": port }))
+            .await;
+        assert!(
+            status == 201 || status == 200,
+            "register {port}: {status} {body}"
+        );
+        body["container_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn engine(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/engines/{id}")).await;
+        assert_eq!(status, 200, "GET /engines/{id}: {body}");
+        body["engine"].clone()
+    }
+
+    pub async fn wait_health(&self, id: &str, want: &str, deadline: Duration) -> Value {
+        wait_for(&format!("{id} to be {want}"), deadline, || async {
+            let engine = self.engine(id).await;
+            (engine["health_status"] == want).then_some(engine)
+        })
+        .await
+    }
+
+    /// `kill -9`: no chance to flush anything.
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill -9");
+        }
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit code and how long it took.
+    pub async fn terminate(&mut self) -> (Option<i32>, Duration) {
+        let mut child = self.child.take().expect("running orchestrator");
+        let pid = child.id().expect("pid");
+        let started = Instant::now();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill -TERM");
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("orchestrator did not exit within 10s of SIGTERM")
+            .expect("wait");
+        (status.code(), started.elapsed())
+    }
+
+    pub async fn restart(&mut self) {
+        if self.child.is_some() {
+            self.terminate().await;
+        }
+        self.spawn().await;
+    }
+}
+
+pub fn started_event(port: u16, key: &str, session: &str) -> Value {
+    json!({
+        "engine": { "host": "127.0.0.1", "port": port },
+        "stream": { "key_type": "infohash", "key": key },
+        "session": {
+            "playback_session_id": session,
+            "stat_url": format!("http://127.0.0.1:{port}/ace/stat/{key}/{session}"),
+            "command_url": format!("http://127.0.0.1:{port}/ace/cmd/{key}/{session}"),
+            "is_live": 1
+        }
+    })
+}
