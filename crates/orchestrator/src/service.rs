@@ -66,6 +66,9 @@ pub struct Orchestrator {
     /// For engine APIs: probes, stat polls, stop commands. Each request sets its
     /// own timeout.
     pub http: reqwest::Client,
+    /// Bumped after every registry change; live views (the dashboard's event
+    /// stream) watch it instead of polling the registry.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Orchestrator {
@@ -87,6 +90,7 @@ impl Orchestrator {
             metrics: Metrics::new(),
             settings,
             http,
+            changes: tokio::sync::watch::Sender::new(0),
         };
         orch.refresh_gauges();
         orch
@@ -107,6 +111,7 @@ impl Orchestrator {
             let (value, ops) = change(&mut registry, Timestamp::now())?;
             (value, (!ops.is_empty()).then(|| self.store.submit(ops)))
         };
+        self.changed();
         if let Some(pending) = pending {
             pending.committed().await?;
         }
@@ -121,7 +126,19 @@ impl Orchestrator {
         let mut registry = self.registry.write();
         let (value, ops) = change(&mut registry, Timestamp::now());
         self.store.enqueue(ops);
+        drop(registry);
+        self.changed();
         value
+    }
+
+    /// Tells watchers that the registry changed.
+    pub fn changed(&self) {
+        self.changes.send_modify(|version| *version = version.wrapping_add(1));
+    }
+
+    /// A receiver that wakes up after registry changes.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn refresh_gauges(&self) {
