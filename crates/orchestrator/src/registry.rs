@@ -36,8 +36,6 @@ pub enum RegistryError {
     },
     #[error("{field} '{url}' is not an absolute http(s) URL")]
     BadUrl { field: &'static str, url: String },
-    #[error("engine {0} is already registered")]
-    Duplicate(String),
 }
 
 /// Sizes of the bounded histories.
@@ -655,7 +653,9 @@ impl Registry {
         reason: Option<&str>,
         now: Timestamp,
     ) -> (bool, Option<Stream>, Vec<WriteOp>) {
-        let target = match stream_id {
+        // By id when it is known, else the container's newest started stream.
+        let known_id = stream_id.filter(|id| self.streams.contains_key(*id));
+        let target = match known_id {
             Some(id) => Some(id.to_owned()),
             None => container_id.and_then(|cid| {
                 self.engines.get(cid).and_then(|entry| {

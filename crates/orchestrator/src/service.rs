@@ -133,7 +133,8 @@ impl Orchestrator {
 
     /// Tells watchers that the registry changed.
     pub fn changed(&self) {
-        self.changes.send_modify(|version| *version = version.wrapping_add(1));
+        self.changes
+            .send_modify(|version| *version = version.wrapping_add(1));
     }
 
     /// A receiver that wakes up after registry changes.

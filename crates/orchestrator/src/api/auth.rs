@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
@@ -42,10 +43,16 @@ pub async fn require_access(
             }
         }
         None => {
-            let peer = request
-                .extensions()
+            let extensions = request.extensions();
+            // `MockConnectInfo` is how in-process tests say who is calling.
+            let peer = extensions
                 .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip());
+                .map(|ConnectInfo(addr)| addr.ip())
+                .or_else(|| {
+                    extensions
+                        .get::<MockConnectInfo<SocketAddr>>()
+                        .map(|m| m.0.ip())
+                });
             let loopback = peer.is_some_and(|ip| match ip {
                 std::net::IpAddr::V4(v4) => v4.is_loopback(),
                 std::net::IpAddr::V6(v6) => {

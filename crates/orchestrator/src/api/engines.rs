@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -190,7 +191,11 @@ struct SelectBody {
 
 /// `POST /engines/select`: picks and reserves the best engine. The body is
 /// optional (`{}` or nothing uses `MAX_STREAMS_PER_ENGINE`).
-pub async fn select(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn select(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(ApiError::from)?;
     let body: SelectBody = if body.iter().all(u8::is_ascii_whitespace) {
         SelectBody::default()
     } else {

@@ -2,7 +2,7 @@
 //! `{"detail": "..."}` in one place. Client mistakes are 4xx with a message
 //! naming the problem; internal failures are logged and answered generically.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -80,7 +80,6 @@ impl From<RegistryError> for ApiError {
             RegistryError::ForeignUrl { .. } | RegistryError::BadUrl { .. } => {
                 ApiError::Unprocessable(e.to_string())
             }
-            RegistryError::Duplicate(_) => ApiError::Conflict(e.to_string()),
         }
     }
 }
@@ -128,6 +127,23 @@ impl From<JsonRejection> for ApiError {
             status
         };
         ApiError::Status(status, message)
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::Status(
+                status,
+                format!(
+                    "request body is larger than the limit of {} bytes",
+                    super::BODY_LIMIT
+                ),
+            )
+        } else {
+            ApiError::Status(status, rejection.body_text())
+        }
     }
 }
 
