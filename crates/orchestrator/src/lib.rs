@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod app;
+pub mod autoscale;
 pub mod collector;
 pub mod config;
 pub mod domain;

@@ -381,6 +381,93 @@ impl Registry {
         })
     }
 
+    /// Adds an engine, or refreshes the address, name and labels of a known one
+    /// (adoption after a restart finds engines the database already knew).
+    pub fn upsert(&mut self, engine: Engine) -> Vec<WriteOp> {
+        match self.engines.get_mut(&engine.container_id) {
+            Some(entry) => {
+                let known = &mut entry.engine;
+                if known.host == engine.host
+                    && known.port == engine.port
+                    && known.container_name == engine.container_name
+                    && known.labels == engine.labels
+                    && known.runtime == engine.runtime
+                {
+                    return Vec::new();
+                }
+                known.host = engine.host;
+                known.port = engine.port;
+                known.container_name = engine.container_name;
+                known.labels = engine.labels;
+                known.runtime = engine.runtime;
+                vec![WriteOp::UpsertEngine(Box::new(known.clone()))]
+            }
+            None => self.register(engine).1,
+        }
+    }
+
+    /// Ids of the engines that `runtime` runs.
+    pub fn engine_ids(&self, runtime: RuntimeKind) -> Vec<String> {
+        self.engines
+            .values()
+            .filter(|e| e.engine.runtime == runtime)
+            .map(|e| e.engine.container_id.clone())
+            .collect()
+    }
+
+    /// The engines we run, as the autoscaler sees them.
+    pub fn pool(&self, now: Timestamp) -> Vec<crate::autoscale::PoolEngine> {
+        let reserved = self.reservation_counts(now);
+        self.engines
+            .values()
+            .filter(|e| e.engine.runtime == RuntimeKind::Docker)
+            .map(|e| crate::autoscale::PoolEngine {
+                id: e.engine.container_id.clone(),
+                load: e.active.len() as u32
+                    + reserved
+                        .get(e.engine.container_id.as_str())
+                        .copied()
+                        .unwrap_or(0),
+                idle_since: e.engine.last_seen.max(e.engine.first_seen),
+                used: e.engine.usage.streams_total > 0,
+            })
+            .collect()
+    }
+
+    /// Engines we run that have been unhealthy since before `since`.
+    pub fn unhealthy_since(&self, since: Timestamp) -> Vec<(String, Timestamp)> {
+        self.engines
+            .values()
+            .filter(|e| e.engine.runtime == RuntimeKind::Docker)
+            .filter(|e| e.engine.health.status == HealthStatus::Unhealthy)
+            .filter_map(|e| {
+                let at = e.engine.health.status_since?;
+                (at <= since).then(|| (e.engine.container_id.clone(), at))
+            })
+            .collect()
+    }
+
+    /// Records a note in an engine's health history (a replacement, say) without
+    /// changing its status.
+    pub fn note(&mut self, id: &str, reason: String, now: Timestamp) -> Vec<WriteOp> {
+        let max = self.limits.health_history_max;
+        let Some(entry) = self.engines.get_mut(id) else {
+            return Vec::new();
+        };
+        let status = entry.engine.health.status;
+        let transition = HealthTransition {
+            ts: now,
+            from: status,
+            to: status,
+            reason,
+        };
+        push_bounded(&mut entry.transitions, transition.clone(), max);
+        vec![WriteOp::HealthTransition {
+            engine_id: id.to_owned(),
+            transition,
+        }]
+    }
+
     // ---- health ----------------------------------------------------------
 
     pub fn probe_targets(&self) -> Vec<ProbeTarget> {
@@ -602,6 +689,8 @@ impl Registry {
             if let Some(since) = usage.busy_since.take() {
                 usage.busy_ms_closed += (now.millis() - since.millis()).max(0);
             }
+            // The autoscaler's grace period counts from here.
+            entry.engine.last_seen = now;
         }
         vec![WriteOp::UpsertEngine(Box::new(entry.engine.clone()))]
     }
