@@ -203,6 +203,11 @@ impl Orch {
             .env("HEALTH_CHECK_TIMEOUT_S", "0.4")
             .env("COLLECT_INTERVAL_S", "0.5")
             .env("RUST_LOG", "info")
+            // Its own label: never adopts another test's (or a user's) containers.
+            .env(
+                "CONTAINER_LABEL",
+                format!("ondemand.app=test-{}", uuid::Uuid::new_v4().simple()),
+            )
             .current_dir(self.db.parent().unwrap());
         for (k, v) in &self.env {
             cmd.env(k, v);
