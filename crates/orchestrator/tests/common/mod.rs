@@ -173,10 +173,21 @@ impl Orch {
     /// Starts with a fresh database in `dir` and fast health settings.
     pub async fn start(dir: &Path, env: &[(&str, &str)]) -> Orch {
         let db = dir.join("orchestrator.db");
-        let env = env
+        let mut env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        // Its own label, kept across restarts: never adopts another test's (or a
+        // user's) containers.
+        if !env.iter().any(|(k, _)| k == "CONTAINER_LABEL") {
+            env.insert(
+                0,
+                (
+                    "CONTAINER_LABEL".into(),
+                    format!("ondemand.app=test-{}", uuid::Uuid::new_v4().simple()),
+                ),
+            );
+        }
         let mut orch = Orch {
             child: None,
             base: String::new(),
@@ -203,11 +214,6 @@ impl Orch {
             .env("HEALTH_CHECK_TIMEOUT_S", "0.4")
             .env("COLLECT_INTERVAL_S", "0.5")
             .env("RUST_LOG", "info")
-            // Its own label: never adopts another test's (or a user's) containers.
-            .env(
-                "CONTAINER_LABEL",
-                format!("ondemand.app=test-{}", uuid::Uuid::new_v4().simple()),
-            )
             .current_dir(self.db.parent().unwrap());
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -252,6 +258,15 @@ impl Orch {
             });
         self.base = format!("http://{addr}");
         self.child = Some(child);
+    }
+
+    /// The `CONTAINER_LABEL` this orchestrator manages.
+    pub fn label(&self) -> String {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "CONTAINER_LABEL")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
     }
 
     pub fn url(&self, path: &str) -> String {
