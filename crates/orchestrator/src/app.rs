@@ -13,6 +13,8 @@ use tracing::Instrument;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::pool::Pool;
+use crate::runtime::DockerRuntime;
 use crate::registry::Registry;
 use crate::service::{Orchestrator, Settings};
 use crate::store::Store;
@@ -25,6 +27,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct App {
     listener: TcpListener,
     orch: Arc<Orchestrator>,
+    pool: Arc<Pool>,
     api_key: Option<Arc<str>>,
 }
 
@@ -46,9 +49,18 @@ impl App {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (APP_HOST/APP_PORT)"))?;
+        let orch = Arc::new(Orchestrator::new(registry, store, settings));
+        let runtime = Arc::new(DockerRuntime::from_env());
+        let pool = Arc::new(Pool::new(runtime, orch.clone(), config));
+        // Adopt what already runs before answering anyone; a daemon that is down
+        // now is retried by the reconciler.
+        if let Err(error) = pool.resync().await {
+            tracing::warn!(%error, "container runtime not reachable at start-up; engines we run will be adopted once it is");
+        }
         Ok(App {
             listener,
-            orch: Arc::new(Orchestrator::new(registry, store, settings)),
+            orch,
+            pool,
             api_key: config.api_key.as_deref().map(Arc::from),
         })
     }
@@ -77,6 +89,18 @@ impl App {
             maintenance(self.orch.clone(), shutdown.clone())
                 .instrument(tracing::info_span!("maintenance")),
         );
+        tasks.spawn(
+            self.pool
+                .clone()
+                .run_reconciler(shutdown.clone())
+                .instrument(tracing::info_span!("reconciler")),
+        );
+        tasks.spawn(
+            self.pool
+                .clone()
+                .run_autoscaler(shutdown.clone())
+                .instrument(tracing::info_span!("autoscaler")),
+        );
         tasks.close();
 
         let addr = self.local_addr()?;
@@ -84,6 +108,7 @@ impl App {
         let router = api::router(AppState {
             orch: self.orch.clone(),
             api_key: self.api_key,
+            pool: Some(self.pool.clone()),
         });
         let server = axum::serve(
             self.listener,

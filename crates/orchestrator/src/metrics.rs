@@ -46,6 +46,8 @@ pub struct Metrics {
     pub health_sweep_duration: Histogram,
     pub health_sweep_errors: Counter,
     pub selections: Family<ResultLabel, Counter>,
+    pub replacements: Counter,
+    pub replacement_suspended: Gauge,
 }
 
 impl Default for Metrics {
@@ -70,6 +72,8 @@ impl Metrics {
             health_sweep_duration: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
             health_sweep_errors: Counter::default(),
             selections: Family::default(),
+            replacements: Counter::default(),
+            replacement_suspended: Gauge::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters.
@@ -135,6 +139,16 @@ impl Metrics {
             "orch_engine_selections",
             "POST /engines/select answers: ok or none (nothing fit)",
             m.selections.clone(),
+        );
+        registry.register(
+            "orch_engine_replacements",
+            "Unhealthy engines replaced by a new container",
+            m.replacements.clone(),
+        );
+        registry.register(
+            "orch_replacement_suspended",
+            "1 while too many engines are unhealthy at once to replace any (shared cause suspected)",
+            m.replacement_suspended.clone(),
         );
         for status in HealthStatus::ALL {
             let _ = m.engines.get_or_create(&StatusLabel {

@@ -101,6 +101,9 @@ pub struct EngineView<'a> {
     pub streams_total: u64,
     pub busy_seconds: f64,
     pub reservations: u32,
+    /// True while unhealthy engines are not replaced because too many are
+    /// unhealthy at once (a shared cause is suspected).
+    pub replacement_suspended: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -147,6 +150,9 @@ pub struct Registry {
     ended_order: VecDeque<String>,
     stats: HashMap<String, VecDeque<StatSnapshot>>,
     reservations: Vec<Reservation>,
+    /// Set while replacements are suspended because too many engines are
+    /// unhealthy at once; shown on every engine.
+    replacement_suspended: bool,
 }
 
 impl Registry {
@@ -158,6 +164,7 @@ impl Registry {
             ended_order: VecDeque::new(),
             stats: HashMap::new(),
             reservations: Vec::new(),
+            replacement_suspended: false,
         }
     }
 
@@ -362,6 +369,7 @@ impl Registry {
             streams_total: e.usage.streams_total,
             busy_seconds: e.usage.busy_seconds(now),
             reservations: reserved.get(e.container_id.as_str()).copied().unwrap_or(0),
+            replacement_suspended: self.replacement_suspended,
         }
     }
 
@@ -404,6 +412,10 @@ impl Registry {
             }
             None => self.register(engine).1,
         }
+    }
+
+    pub fn set_replacement_suspended(&mut self, suspended: bool) {
+        self.replacement_suspended = suspended;
     }
 
     /// Ids of the engines that `runtime` runs.

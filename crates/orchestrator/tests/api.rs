@@ -118,6 +118,7 @@ async fn in_process(peer: SocketAddr) -> axum::Router {
     router(AppState {
         orch,
         api_key: None,
+        pool: None,
     })
     .layer(MockConnectInfo(peer))
 }

@@ -215,9 +215,31 @@ pub async fn select(
         }
     };
     let ttl = state.orch.settings.reservation_ttl_s;
-    let mut registry = state.orch.registry.write();
+    let mut reservation = state
+        .orch
+        .registry
+        .write()
+        .select_and_reserve(max, ttl, Timestamp::now());
+    // Nothing fits: start an engine when the pool may grow, then pick again
+    // (another caller may take the new engine first; then the answer is 503).
+    let mut provision_error = None;
+    if reservation.is_none() {
+        if let Some(pool) = &state.pool {
+            match pool.provision_engine(Default::default()).await {
+                Ok(_) => {
+                    reservation = state
+                        .orch
+                        .registry
+                        .write()
+                        .select_and_reserve(max, ttl, Timestamp::now());
+                }
+                Err(e) => provision_error = Some(e.to_string()),
+            }
+        }
+    }
+    let registry = state.orch.registry.read();
     let now = Timestamp::now();
-    let Some(reservation) = registry.select_and_reserve(max, ttl, now) else {
+    let Some(reservation) = reservation else {
         drop(registry);
         state
             .orch
@@ -225,8 +247,11 @@ pub async fn select(
             .selections
             .get_or_create(&crate::metrics::ResultLabel { result: "none" })
             .inc();
+        let why = provision_error
+            .map(|e| format!("; no engine could be started: {e}"))
+            .unwrap_or_default();
         return Err(ApiError::Unavailable(format!(
-            "no healthy engine has a free slot (limit {max} streams per engine)"
+            "no healthy engine has a free slot (limit {max} streams per engine){why}"
         )));
     };
     let engine = registry

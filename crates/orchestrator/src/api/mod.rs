@@ -1,6 +1,7 @@
 //! The HTTP API: routes, access control, limits and the JSON error shape.
 
 mod auth;
+mod containers;
 mod engines;
 pub mod error;
 mod events;
@@ -26,6 +27,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct AppState {
     pub orch: Arc<Orchestrator>,
     pub api_key: Option<Arc<str>>,
+    /// The engines we run as containers; `None` without a container runtime.
+    pub pool: Option<Arc<crate::pool::Pool>>,
 }
 
 /// One row of the route table: method, path, and whether it needs the API key.
@@ -79,6 +82,17 @@ routes! {
     GET "/openapi.json" false => get(system::openapi);
     GET "/health/live" false => get(system::live);
     GET "/health/ready" false => get(system::ready);
+    POST "/provision/acestream" true => post(containers::provision_acestream);
+    POST "/provision" true => post(containers::provision_generic);
+    GET "/containers/{id}" false => get(containers::inspect);
+    DELETE "/containers/{id}" true => delete(containers::remove);
+    GET "/by-label" true => get(containers::by_label);
+    POST "/scale/{demand}" true => post(containers::scale);
+    POST "/gc" true => post(containers::gc);
+    GET "/panel" false => get(crate::panel::index);
+    GET "/panel/assets/{file}" false => get(crate::panel::asset);
+    GET "/panel/events" false => get(crate::panel::events);
+    GET "/panel/snapshot" false => get(crate::panel::snapshot);
 }
 
 /// Serializes `value` into a JSON response. Used where the value borrows from

@@ -386,3 +386,62 @@ pub fn started_event(port: u16, key: &str, session: &str) -> Value {
         }
     })
 }
+
+/// Builds the engine emulator image once per test process (quick when it is
+/// up to date; the script locks against other processes).
+pub fn ensure_engine_image() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = BUILT.get_or_init(|| {
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/engine-sim-image");
+        let status = std::process::Command::new(&script)
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        status
+            .success()
+            .then_some(())
+            .ok_or_else(|| format!("{} failed ({status})", script.display()))
+    });
+    if let Err(e) = result {
+        panic!("the engine image is needed for this test: {e}");
+    }
+}
+
+/// Runs the docker CLI and returns its stdout (trimmed).
+pub fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Removes every container carrying `label` when dropped, whatever happened.
+pub struct LabelCleanup(pub String);
+
+impl LabelCleanup {
+    pub fn containers(&self) -> Vec<String> {
+        docker(&[
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("label={}", self.0),
+        ])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    }
+}
+
+impl Drop for LabelCleanup {
+    fn drop(&mut self) {
+        let ids = self.containers();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.iter().map(String::as_str));
+            docker(&args);
+        }
+    }
+}

@@ -1,0 +1,302 @@
+// Turns snapshots into the page. Elements are created once per engine and
+// stream and then updated in place, so an update never steals the keyboard
+// focus or restarts a hover, and buttons keep their busy state.
+//
+// Times are <time class="ago|since" datetime="…"> elements; tickTimes() keeps
+// their text current between snapshots.
+
+import { ago, bytes, clock, duration, fullTime, millis, now, since } from './format.js';
+import { createChart, drawChart } from './chart.js';
+
+const $ = (id) => document.getElementById(id);
+
+/** A new element with a class and optional text. */
+function el(tag, className, text) {
+  const element = document.createElement(tag);
+  if (className) element.className = className;
+  if (text !== undefined) element.textContent = text;
+  return element;
+}
+
+/** A <time> that tickTimes() updates: kind "ago" ("5m ago") or "since" ("3m 05s"). */
+function timeEl(kind) {
+  return el('time', kind);
+}
+
+function setTime(element, ts) {
+  element.dateTime = ts || '';
+  element.title = fullTime(ts);
+  element.textContent = element.classList.contains('since') ? since(ts) : ago(ts);
+}
+
+export function tickTimes() {
+  const at = now();
+  for (const element of document.querySelectorAll('time.ago')) {
+    element.textContent = element.dateTime ? ago(element.dateTime, at) : 'Never';
+  }
+  for (const element of document.querySelectorAll('time.since')) {
+    element.textContent = since(element.dateTime, at);
+  }
+}
+
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+/** Adds, updates and removes keyed children of `container` to match `items`, in order. */
+function reconcile(container, items, key, create, update, skip = 0) {
+  const existing = new Map();
+  for (const child of [...container.children].slice(skip)) existing.set(child.dataset.id, child);
+  let previous = container.children[skip - 1] ?? null;
+  for (const item of items) {
+    const id = key(item);
+    let child = existing.get(id);
+    if (child) existing.delete(id);
+    else child = create(item, id);
+    update(child, item);
+    const expected = previous ? previous.nextElementSibling : container.firstElementChild;
+    if (expected !== child) container.insertBefore(child, expected);
+    previous = child;
+  }
+  for (const stale of existing.values()) stale.remove();
+}
+
+export function engineName(engine) {
+  return engine.container_name || engine.container_id;
+}
+
+// ---- KPIs ------------------------------------------------------------------
+
+export function renderKpis(snapshot) {
+  const total = snapshot.engines.length;
+  const healthy = snapshot.engines.filter((e) => e.health_status === 'healthy').length;
+  const unhealthy = snapshot.engines.filter((e) => e.health_status === 'unhealthy').length;
+  setText($('kpi-engines'), String(total));
+  setText($('kpi-streams'), String(snapshot.streams.length));
+  setText($('kpi-healthy'), `${healthy} / ${total} healthy`);
+  $('kpi-health-box').dataset.health = unhealthy > 0 ? 'unhealthy' : healthy === total ? 'healthy' : 'unknown';
+  setText($('kpi-updated'), clock(snapshot.generated_at));
+  setTime($('kpi-updated-ago'), snapshot.generated_at);
+}
+
+// ---- engines ---------------------------------------------------------------
+
+function field(label, value) {
+  const box = el('div', 'field');
+  box.append(el('span', 'label', label), value);
+  return box;
+}
+
+function createEngine(engine, id) {
+  const card = el('article', 'engine');
+  card.dataset.id = id;
+  const name = el('button', 'name link');
+  name.type = 'button';
+  name.dataset.action = 'details';
+  name.title = 'Health history and transitions';
+  const badge = el('span', 'badge');
+  badge.append(el('span', 'dot'), el('span', 'word'));
+  const strip = el('div', 'strip');
+  strip.setAttribute('role', 'img');
+  const actions = el('div', 'actions');
+  const check = el('button', 'check', 'Check now');
+  check.type = 'button';
+  check.dataset.action = 'check';
+  const remove = el('button', 'danger delete', 'Delete');
+  remove.type = 'button';
+  remove.dataset.action = 'delete';
+  actions.append(check, remove);
+  card.append(
+    name,
+    badge,
+    field('Address', el('span', 'addr')),
+    field('Streams', el('span', 'stream-count')),
+    field('Last used', timeEl('ago usage')),
+    field('Checked', timeEl('ago checked')),
+    field('Recent checks', strip),
+    actions,
+    el('p', 'error'),
+  );
+  return card;
+}
+
+function updateEngine(card, { engine, checks }) {
+  const name = engineName(engine);
+  card.dataset.health = engine.health_status;
+  setText(card.querySelector('.name'), name);
+  card.querySelector('.name').setAttribute('aria-label', `${name}: details`);
+  setText(card.querySelector('.badge .word'), engine.health_status);
+  const since = engine.health_since ? ` since ${fullTime(engine.health_since)}` : '';
+  card.querySelector('.badge').title = `${engine.health_status}${since}`;
+  setText(card.querySelector('.addr'), `${engine.host}:${engine.port}`);
+  setText(card.querySelector('.stream-count'), String(engine.streams.length));
+  setTime(card.querySelector('.usage'), engine.last_stream_usage);
+  setTime(card.querySelector('.checked'), engine.last_health_check);
+  renderStrip(card.querySelector('.strip'), checks);
+  const error = engine.health_status === 'healthy' ? '' : engine.last_health_error || '';
+  setText(card.querySelector('.error'), error);
+  card.querySelector('.check').setAttribute('aria-label', `Check ${name} now`);
+  card.querySelector('.delete').setAttribute('aria-label', `Delete ${name}`);
+}
+
+/** One tick per recent check, oldest on the left: a flapping engine shows as a striped strip. */
+function renderStrip(strip, checksNewestFirst) {
+  const checks = [...checksNewestFirst].reverse();
+  while (strip.children.length > checks.length) strip.lastElementChild.remove();
+  while (strip.children.length < checks.length) strip.append(el('span', 'tick'));
+  checks.forEach((check, i) => {
+    const tick = strip.children[i];
+    tick.className = `tick ${check.ok ? 'ok' : 'fail'}`;
+    tick.title = `${fullTime(check.ts)}: ${check.ok ? 'ok' : check.error || 'failed'}`;
+  });
+  const failed = checks.filter((c) => !c.ok).length;
+  strip.setAttribute('aria-label', checks.length
+    ? `${checks.length - failed} of the last ${checks.length} checks passed`
+    : 'Not checked yet');
+}
+
+export function renderEngines(snapshot) {
+  const container = $('engines');
+  const items = snapshot.engines.map((engine) => ({
+    engine,
+    checks: snapshot.recent_checks?.[engine.container_id] ?? [],
+  }));
+  // The first child is the header row of the "rows" layout.
+  reconcile(container, items, (item) => item.engine.container_id, createEngine, updateEngine, 1);
+  $('engines-empty').hidden = items.length > 0;
+}
+
+// ---- streams ---------------------------------------------------------------
+
+function link(text, href) {
+  const a = el('a', 'link', text);
+  if (href) {
+    a.href = href;
+    a.target = '_blank';
+    a.rel = 'noopener noreferrer';
+  } else {
+    a.setAttribute('aria-disabled', 'true');
+  }
+  return a;
+}
+
+function createStream(stream, id) {
+  const card = el('article', 'stream');
+  card.dataset.id = id;
+  const head = el('div', 'stream-head');
+  const title = el('h3', 'stream-id');
+  const stop = el('button', 'danger stop', 'Stop');
+  stop.type = 'button';
+  stop.dataset.action = 'stop';
+  head.append(title, stop);
+  card.append(
+    head,
+    field('Key', el('code', 'key')),
+    field('Engine', el('span', 'engine-name')),
+    field('Started', el('span', 'started')),
+    field('Duration', timeEl('since duration')),
+    el('div', 'links'),
+    createChart(),
+  );
+  return card;
+}
+
+function updateStream(card, { stream, engine, samples }) {
+  setText(card.querySelector('.stream-id'), stream.id);
+  card.querySelector('.stop').setAttribute('aria-label', `Stop stream ${stream.id}`);
+  setText(card.querySelector('.key'), `${stream.key} (${stream.key_type}${stream.is_live ? ', live' : ''})`);
+  setText(card.querySelector('.engine-name'), engine ? engineName(engine) : stream.container_id);
+  const started = card.querySelector('.started');
+  setText(started, clock(stream.started_at));
+  started.title = fullTime(stream.started_at);
+  setTime(card.querySelector('.duration'), stream.started_at);
+  const links = card.querySelector('.links');
+  if (links.dataset.for !== `${stream.stat_url}|${stream.command_url}`) {
+    links.dataset.for = `${stream.stat_url}|${stream.command_url}`;
+    links.replaceChildren(link('stat', stream.stat_url), link('command', stream.command_url));
+  }
+  drawChart(card.querySelector('.chart'), samples);
+}
+
+/** `samplesOf(id)` answers the stat history the page holds for a stream, oldest first. */
+export function renderStreams(snapshot, samplesOf) {
+  const engines = new Map(snapshot.engines.map((e) => [e.container_id, e]));
+  const items = snapshot.streams.map((stream) => ({
+    stream,
+    engine: engines.get(stream.container_id),
+    samples: samplesOf(stream.id),
+  }));
+  reconcile($('streams'), items, (item) => item.stream.id, createStream, updateStream);
+  $('streams-empty').hidden = items.length > 0;
+}
+
+/** Redraws one stream's chart after new statistics arrived. */
+export function redrawStreamChart(streamId, samples) {
+  const card = [...$('streams').children].find((c) => c.dataset.id === streamId);
+  if (card) drawChart(card.querySelector('.chart'), samples);
+}
+
+// ---- engine detail -----------------------------------------------------------
+
+export function renderDetail(engine, history) {
+  $('detail-title').textContent = engine ? engineName(engine) : history.container_id;
+  const facts = [
+    ['Id', history.container_id],
+    ['Health', `${history.health_status}${history.health_since ? ` since ${fullTime(history.health_since)}` : ''}`],
+    ['Last check', fullTime(history.last_health_check)],
+    ['Failures in a row', String(history.consecutive_failures)],
+    ['Last error', history.last_health_error || '–'],
+  ];
+  if (engine) {
+    facts.push(
+      ['Address', `${engine.host}:${engine.port}`],
+      ['Runtime', engine.runtime],
+      ['Probe latency', millis(engine.last_probe_latency_ms)],
+      ['Streams started', String(engine.streams_total)],
+      ['Busy time', duration(engine.busy_seconds)],
+      ['Reservations', String(engine.reservations)],
+    );
+  }
+  $('detail-facts').replaceChildren(...facts.flatMap(([term, value]) => [el('dt', '', term), el('dd', '', value)]));
+
+  const transitions = history.transitions.map((t) => {
+    const item = el('li', 'transition');
+    item.dataset.to = t.to;
+    const when = el('time', '', `${fullTime(t.ts)} (${ago(t.ts)})`);
+    when.dateTime = t.ts;
+    item.append(when, el('span', 'change', `${t.from} → ${t.to}`), el('span', 'reason', t.reason));
+    return item;
+  });
+  if (!transitions.length) transitions.push(el('li', 'empty', 'No transitions yet.'));
+  $('detail-transitions').replaceChildren(...transitions);
+
+  const rows = history.checks.slice(0, 50).map((c) => {
+    const row = el('tr', c.ok ? 'ok' : 'fail');
+    row.append(
+      el('td', '', fullTime(c.ts)),
+      el('td', 'result', c.ok ? 'ok' : 'failed'),
+      el('td', '', c.source),
+      el('td', '', millis(c.latency_ms)),
+      el('td', '', c.error || ''),
+    );
+    return row;
+  });
+  $('detail-checks').replaceChildren(...rows);
+}
+
+// ---- toasts ------------------------------------------------------------------
+
+/** Shows a short message; errors stay longer. */
+export function toast(message, kind = 'info') {
+  const item = el('div', `toast ${kind}`, message);
+  $('toasts').append(item);
+  setTimeout(() => item.remove(), kind === 'error' ? 12000 : 6000);
+}
+
+/** Sets the connection indicator: state "live", "polling", "offline" or "connecting". */
+export function renderConnection(state, text, title = '') {
+  const box = $('connection');
+  box.dataset.state = state;
+  setText(box.querySelector('.text'), text);
+  box.title = title;
+}
