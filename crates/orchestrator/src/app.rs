@@ -26,6 +26,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct App {
     listener: TcpListener,
+    cors_origins: Vec<String>,
     orch: Arc<Orchestrator>,
     pool: Arc<Pool>,
     api_key: Option<Arc<str>>,
@@ -59,6 +60,7 @@ impl App {
         }
         Ok(App {
             listener,
+            cors_origins: config.cors_allow_origins.clone(),
             orch,
             pool,
             api_key: config.api_key.as_deref().map(Arc::from),
@@ -110,6 +112,10 @@ impl App {
             api_key: self.api_key,
             pool: Some(self.pool.clone()),
         });
+        let router = match api::cors(&self.cors_origins) {
+            Some(cors) => router.layer(cors),
+            None => router,
+        };
         let server = axum::serve(
             self.listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -313,6 +313,14 @@ pub struct Config {
     #[arg(long, env = "ACE_HTTPS_RANGE", value_name = "ACE_HTTPS_RANGE", default_value = "45000-49999", value_parser = parse_port_range)]
     pub ace_https_range: PortRange,
 
+    /// Images `POST /provision` may run, comma-separated (default: TARGET_IMAGE only).
+    #[arg(long, env = "PROVISION_ALLOWED_IMAGES", value_name = "PROVISION_ALLOWED_IMAGES", value_delimiter = ',')]
+    pub provision_allowed_images: Vec<String>,
+
+    /// Origins allowed to call the API from a browser (CORS), comma-separated; unset = CORS off.
+    #[arg(long, env = "CORS_ALLOW_ORIGINS", value_name = "CORS_ALLOW_ORIGINS", value_delimiter = ',')]
+    pub cors_allow_origins: Vec<String>,
+
     /// Also publish the engine's HTTPS port.
     #[arg(long, env = "ACE_MAP_HTTPS", value_name = "ACE_MAP_HTTPS", default_value = "false", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub ace_map_https: bool,
@@ -391,8 +399,36 @@ impl Config {
         if self.container_label.value.is_empty() {
             return Err(invalid("CONTAINER_LABEL", "needs a value after '='"));
         }
+        for origin in &self.cors_allow_origins {
+            let origin = origin.trim();
+            let valid = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.trim_end_matches('/').contains(['?', '#'])
+                    && axum::http::HeaderValue::from_str(origin).is_ok());
+            if !valid {
+                return Err(invalid(
+                    "CORS_ALLOW_ORIGINS",
+                    format!("'{origin}' is not an origin like https://panel.example.org"),
+                ));
+            }
+        }
         self.db_path()?;
         Ok(())
+    }
+
+    /// The images `POST /provision` may run.
+    pub fn allowed_images(&self) -> Vec<String> {
+        let listed: Vec<String> = self
+            .provision_allowed_images
+            .iter()
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty())
+            .collect();
+        if listed.is_empty() {
+            vec![self.target_image.clone()]
+        } else {
+            listed
+        }
     }
 
     /// The SQLite file named by `DB_URL`. Accepts the SQLAlchemy spelling the
@@ -466,6 +502,8 @@ mod tests {
         );
         assert!(!c.auto_delete);
         assert_eq!(c.db_path().unwrap(), PathBuf::from("./orchestrator.db"));
+        assert_eq!(c.allowed_images(), vec!["acestream/engine:latest".to_owned()]);
+        assert!(c.cors_allow_origins.is_empty());
     }
 
     #[test]
@@ -490,6 +528,7 @@ mod tests {
             ),
             (&["--db-url", "postgres://x"], "DB_URL"),
             (&["--auto-delete", "maybe"], "AUTO_DELETE"),
+            (&["--cors-allow-origins", "not an origin"], "CORS_ALLOW_ORIGINS"),
         ];
         for (args, var) in cases {
             let err = parse(args).expect_err(&format!("{args:?} should be refused"));

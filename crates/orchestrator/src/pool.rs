@@ -57,6 +57,8 @@ pub enum ProvisionError {
     NotFound(String),
     #[error("no free container name engine-N after {0} attempts")]
     Names(u32),
+    #[error("image '{0}' is not in PROVISION_ALLOWED_IMAGES ({1})")]
+    ImageNotAllowed(String, String),
 }
 
 impl From<RuntimeError> for ProvisionError {
@@ -86,6 +88,7 @@ pub struct PoolSettings {
     pub unhealthy_grace_s: f64,
     pub replacement_cooldown_s: f64,
     pub max_unhealthy_percent: u8,
+    pub allowed_images: Vec<String>,
 }
 
 impl PoolSettings {
@@ -105,6 +108,7 @@ impl PoolSettings {
             unhealthy_grace_s: config.health_unhealthy_grace_period_s,
             replacement_cooldown_s: config.health_replacement_cooldown_s,
             max_unhealthy_percent: config.health_max_unhealthy_percent,
+            allowed_images: config.allowed_images(),
         }
     }
 }
@@ -351,8 +355,16 @@ impl Pool {
         Err(last_error)
     }
 
-    /// Starts any container, labelled as ours (`POST /provision`).
+    /// Starts any container, labelled as ours (`POST /provision`). Whoever
+    /// reaches this can run containers on the host, so only allowed images run,
+    /// and the spec has no way to ask for privileges, host networking or mounts.
     pub async fn provision_generic(&self, request: GenericRequest) -> Result<ContainerInfo, ProvisionError> {
+        if !self.settings.allowed_images.iter().any(|i| i == &request.image) {
+            return Err(ProvisionError::ImageNotAllowed(
+                request.image,
+                self.settings.allowed_images.join(", "),
+            ));
+        }
         let mut labels = request.labels;
         labels.insert(self.settings.label.key.clone(), self.settings.label.value.clone());
         let spec = ContainerSpec {

@@ -452,3 +452,25 @@ async fn proxies_quirks_are_absorbed() {
     let (_, streams) = orch.get("/streams?status=started").await;
     assert_eq!(streams, json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_is_off_unless_origins_are_named() {
+    let preflight = |orch: &Orch, origin: &str| {
+        orch.client
+            .request(Method::OPTIONS, orch.url("/engines"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .send()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let off = Orch::start(dir.path(), &[]).await;
+    let response = preflight(&off, "https://evil.example").await.unwrap();
+    assert!(response.headers().get("access-control-allow-origin").is_none());
+
+    let dir = tempfile::tempdir().unwrap();
+    let on = Orch::start(dir.path(), &[("CORS_ALLOW_ORIGINS", "https://panel.example")]).await;
+    let response = preflight(&on, "https://panel.example").await.unwrap();
+    assert_eq!(response.headers()["access-control-allow-origin"], "https://panel.example");
+    let response = preflight(&on, "https://evil.example").await.unwrap();
+    assert!(response.headers().get("access-control-allow-origin").is_none());
+}

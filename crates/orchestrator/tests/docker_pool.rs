@@ -359,3 +359,36 @@ async fn select_starts_an_engine_when_none_fits() {
     assert_eq!(status, 503, "{body}");
     assert!(body["detail"].as_str().unwrap().contains("MAX_REPLICAS"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generic_provisioning_runs_only_allowed_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let (orch, cleanup) = start(dir.path(), "21170-21179", &[]).await;
+    // Default: only TARGET_IMAGE.
+    let (status, body) = orch
+        .post("/provision", json!({ "image": "alpine:latest", "env": {}, "labels": {} }))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("PROVISION_ALLOWED_IMAGES"), "{body}");
+    assert!(cleanup.containers().is_empty());
+
+    let (status, body) = orch
+        .post(
+            "/provision",
+            json!({ "image": IMAGE, "env": { "CONF": "--http-port=6878" }, "labels": { "role": "x" }, "ports": { "6878/tcp": null } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["container_id"].as_str().unwrap();
+    let label = orch.label();
+    let (key, value) = label.split_once('=').unwrap();
+    assert_eq!(body["container"]["labels"][key], value, "labelled as ours");
+    assert_eq!(body["container"]["labels"]["role"], "x");
+    let privileged = docker(&["inspect", "-f", "{{.HostConfig.Privileged}} {{.HostConfig.NetworkMode}} {{len .Mounts}}", id]);
+    let fields: Vec<&str> = privileged.split_whitespace().collect();
+    assert_eq!(fields[0], "false", "not privileged");
+    assert_ne!(fields[1], "host", "not on the host network");
+    assert_eq!(fields[2], "0", "no mounts");
+    let (_, metrics) = orch.get("/metrics").await;
+    assert!(metrics.as_str().unwrap().contains(r#"orch_provision_total{kind="generic"} 1"#));
+}

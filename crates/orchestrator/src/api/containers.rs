@@ -29,7 +29,7 @@ impl From<ProvisionError> for ApiError {
             ProvisionError::ImageNotFound { hint, .. } if hint.is_empty() => ApiError::Unprocessable(message),
             ProvisionError::ImageNotFound { .. } => ApiError::Unavailable(message),
             ProvisionError::NotReady { .. } => ApiError::Status(StatusCode::GATEWAY_TIMEOUT, message),
-            ProvisionError::NotManaged(..) => ApiError::Forbidden(message),
+            ProvisionError::NotManaged(..) | ProvisionError::ImageNotAllowed(..) => ApiError::Forbidden(message),
             ProvisionError::NotFound(_) => ApiError::NotFound(message),
             ProvisionError::Runtime(RuntimeError::NameConflict(_)) => ApiError::Conflict(message),
             ProvisionError::Runtime(RuntimeError::NotFound(_)) => ApiError::NotFound(message),

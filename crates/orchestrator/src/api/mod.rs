@@ -107,6 +107,30 @@ pub fn json_response<T: serde::Serialize>(value: &T) -> Result<axum::response::R
         .into_response())
 }
 
+/// CORS for the listed origins; `None` (CORS off: browsers on other origins
+/// cannot call the API) when the list is empty.
+pub fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o.trim() == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| axum::http::HeaderValue::from_str(o.trim().trim_end_matches('/')).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers(Any),
+    )
+}
+
 pub fn router(state: AppState) -> Router {
     // Routes that share a path but differ in protection (GET /engines is open,
     // POST /engines is not) are merged by axum per method.
