@@ -1,0 +1,153 @@
+//! Faults: `kill -9` at random points of an event burst, a database that
+//! cannot be written, SIGTERM under load. What was acknowledged is never lost,
+//! and the orchestrator keeps serving what it can.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{started_event, wait_for, Orch};
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::time::Instant;
+
+type Acked = Arc<Mutex<BTreeSet<String>>>;
+
+/// Workers that send `stream_started` events until the server goes away,
+/// recording the ids answered 2xx. Returns their handles.
+fn burst(orch: &Orch, round: usize, acked: &Acked, failures: &Arc<Mutex<Vec<u16>>>) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..4)
+        .map(|worker| {
+            let client = reqwest::Client::new();
+            let url = orch.url("/events/stream_started");
+            let acked = acked.clone();
+            let failures = failures.clone();
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let id = format!("r{round}-w{worker}-{i}");
+                    let mut event = started_event(19_000 + worker, &format!("k{i}"), "s");
+                    event["labels"] = json!({ "stream_id": id });
+                    match client.post(&url).json(&event).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            acked.lock().insert(id);
+                        }
+                        Ok(r) => failures.lock().push(r.status().as_u16()),
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+async fn started_ids(orch: &Orch) -> BTreeSet<String> {
+    let (_, streams) = orch.get("/streams?status=started").await;
+    streams
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_twenty_random_points_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut orch = Orch::start(dir.path(), &[("HEALTH_CHECK_INTERVAL_S", "60")]).await;
+    let acked: Acked = Arc::default();
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    // Pseudo-random kill points from the clock: 1 to 400 acknowledged events in.
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    for round in 0..20 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let target = acked.lock().len() + 1 + (seed >> 33) as usize % 400;
+        let workers = burst(&orch, round, &acked, &failures);
+        wait_for("the kill point", Duration::from_secs(30), || async {
+            (acked.lock().len() >= target).then_some(())
+        })
+        .await;
+        orch.kill9().await;
+        for w in workers {
+            let _ = w.await;
+        }
+        orch.restart().await;
+        let stored = started_ids(&orch).await;
+        let acked_now = acked.lock().clone();
+        let lost: Vec<_> = acked_now.difference(&stored).collect();
+        assert!(lost.is_empty(), "round {round}: {} acknowledged events lost: {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    }
+    assert!(failures.lock().is_empty(), "non-2xx answers during bursts: {:?}", failures.lock());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_database_answers_503_keeps_reads_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let orch = Orch::start(dir.path(), &[]).await;
+    let (status, _) = orch.post("/events/stream_started", started_event(19_001, "before", "s")).await;
+    assert_eq!(status, 200);
+
+    // Another process holds the write lock (as a backup tool or a stuck
+    // sqlite3 shell would).
+    let locker = rusqlite::Connection::open(&orch.db).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    let writer = {
+        let client = orch.client.clone();
+        let url = orch.url("/events/stream_started");
+        tokio::spawn(async move {
+            let r = client.post(url).json(&started_event(19_001, "during", "s")).send().await.unwrap();
+            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+        })
+    };
+    // Reads answer at once while the write waits for the lock.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let (status, engines) = orch.get("/engines").await;
+    assert_eq!(status, 200);
+    assert_eq!(engines.as_array().unwrap().len(), 1);
+    assert!(started.elapsed() < Duration::from_secs(1), "reads are not blocked by the lock");
+
+    let (status, body) = writer.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("could not be saved") && detail.contains("locked"), "{detail}");
+
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+    let (status, body) = orch.post("/events/stream_started", started_event(19_001, "after", "s")).await;
+    assert_eq!(status, 200, "recovers once the database is writable: {body}");
+    assert!(!orch.logs().contains("panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_finishes_requests_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut orch = Orch::start(dir.path(), &[]).await;
+    let acked: Acked = Arc::default();
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let workers = burst(&orch, 0, &acked, &failures);
+    wait_for("load", Duration::from_secs(20), || async { (acked.lock().len() >= 300).then_some(()) }).await;
+    let (code, took) = orch.terminate().await;
+    for w in workers {
+        let _ = w.await;
+    }
+    assert_eq!(code, Some(0), "exit code");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(failures.lock().iter().all(|s| *s < 500), "5xx during shutdown: {:?}", failures.lock());
+
+    orch.restart().await;
+    let stored = started_ids(&orch).await;
+    let lost: Vec<_> = acked.lock().difference(&stored).cloned().collect();
+    assert!(lost.is_empty(), "{} acknowledged events lost", lost.len());
+    // The database is consistent: SQLite's own check passes.
+    let check: String = rusqlite::Connection::open(&orch.db)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
