@@ -392,3 +392,83 @@ async fn generic_provisioning_runs_only_allowed_images() {
     let (_, metrics) = orch.get("/metrics").await;
     assert!(metrics.as_str().unwrap().contains(r#"orch_provision_total{kind="generic"} 1"#));
 }
+
+/// A Unix socket in front of the Docker daemon's, that the test can cut
+/// (connections reset, socket gone) and restore.
+struct SocketProxy {
+    path: std::path::PathBuf,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SocketProxy {
+    fn start(path: std::path::PathBuf) -> Self {
+        let mut proxy = SocketProxy { path, task: None };
+        proxy.restore();
+        proxy
+    }
+
+    fn restore(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let listener = tokio::net::UnixListener::bind(&self.path).unwrap();
+        self.task = Some(tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut daemon) = tokio::net::UnixStream::connect("/var/run/docker.sock").await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut daemon).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Aborting the task drops the listener and every proxied connection.
+    fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_going_away_and_coming_back_is_survived() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = SocketProxy::start(dir.path().join("docker.sock"));
+    let docker_host = format!("unix://{}", proxy.path.display());
+    let (orch, _cleanup) = start(
+        dir.path(),
+        "21180-21189",
+        &[("DOCKER_HOST", &docker_host), ("MONITOR_INTERVAL_S", "1"), ("HEALTH_CHECK_INTERVAL_S", "0.5")],
+    )
+    .await;
+    let (status, a) = orch.post("/provision/acestream", json!({})).await;
+    assert_eq!(status, 200, "{a}");
+    let a = a["container_id"].as_str().unwrap().to_owned();
+
+    proxy.cut();
+    let (status, body) = orch.post("/provision/acestream", json!({})).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("unreachable"), "{body}");
+    // The API and the health monitor go on without the daemon.
+    let checked = orch.engine(&a).await["last_health_check"].clone();
+    wait_for("a newer health check", secs(5.0), || async {
+        let engine = orch.engine(&a).await;
+        (engine["last_health_check"] != checked && engine["health_status"] == "healthy").then_some(())
+    })
+    .await;
+    // Meanwhile the container goes away behind the orchestrator's back.
+    docker(&["rm", "-f", &a]);
+    tokio::time::sleep(secs(1.5)).await;
+    assert_eq!(orch.get(&format!("/engines/{a}")).await.0, 200, "unseen while the daemon is away");
+
+    proxy.restore();
+    wait_for("the resync after the daemon is back", secs(10.0), || async {
+        (orch.get(&format!("/engines/{a}")).await.0 == 404).then_some(())
+    })
+    .await;
+    let (status, body) = orch.post("/provision/acestream", json!({})).await;
+    assert_eq!(status, 200, "provisioning works again: {body}");
+    assert!(orch.logs().contains("container runtime unreachable"));
+    assert!(orch.logs().contains("reachable again"));
+}
