@@ -111,6 +111,7 @@ impl App {
             orch: self.orch.clone(),
             api_key: self.api_key,
             pool: Some(self.pool.clone()),
+            shutdown: shutdown.clone(),
         });
         let router = match api::cors(&self.cors_origins) {
             Some(cors) => router.layer(cors),

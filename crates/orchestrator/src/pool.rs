@@ -41,8 +41,10 @@ pub enum ProvisionError {
     MaxReplicas(u32),
     #[error("no free port: {0}")]
     Ports(#[from] PortError),
-    #[error("image '{image}' is not available on the Docker host; build or load it first (nothing is pulled){hint}")]
-    ImageNotFound { image: String, hint: &'static str },
+    #[error("image '{0}' is not available on the Docker host; build or load it first (nothing is pulled)")]
+    ImageNotFound(String),
+    #[error("TARGET_IMAGE '{0}' is not available on the Docker host; build or load it first (nothing is pulled)")]
+    TargetImageMissing(String),
     #[error("{0}")]
     Runtime(RuntimeError),
     #[error("engine {name} did not answer its API within {timeout_s}s ({last_error}); its container was removed")]
@@ -64,7 +66,7 @@ pub enum ProvisionError {
 impl From<RuntimeError> for ProvisionError {
     fn from(e: RuntimeError) -> Self {
         match e {
-            RuntimeError::ImageNotFound(image) => ProvisionError::ImageNotFound { image, hint: "" },
+            RuntimeError::ImageNotFound(image) => ProvisionError::ImageNotFound(image),
             RuntimeError::NotFound(id) => ProvisionError::NotFound(id),
             other => ProvisionError::Runtime(other),
         }
@@ -252,10 +254,7 @@ impl Pool {
             network: self.settings.network.clone(),
         };
         let info = self.create_named(spec).await.map_err(|e| match e {
-            ProvisionError::ImageNotFound { image, .. } => ProvisionError::ImageNotFound {
-                image,
-                hint: " (TARGET_IMAGE)",
-            },
+            ProvisionError::ImageNotFound(image) => ProvisionError::TargetImageMissing(image),
             other => other,
         })?;
         let (host, port) = self.address(&info.name, ports);

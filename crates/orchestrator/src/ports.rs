@@ -411,10 +411,13 @@ mod tests {
                 let ports = Arc::clone(&ports);
                 std::thread::spawn(move || {
                     let mut mine = Vec::new();
+                    let mut allocated = 0;
                     while let Ok(port) = ports.allocate() {
                         mine.push(port);
-                        // Give some back now and then, to churn the cursor.
-                        if mine.len() % 7 == 0 {
+                        allocated += 1;
+                        // Give one back every 7th allocation, to churn the cursor
+                        // (counting allocations, not holdings, so the loop ends).
+                        if allocated % 7 == 0 {
                             let back = mine.remove(0);
                             assert!(ports.release(back));
                         }

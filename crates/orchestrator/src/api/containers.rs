@@ -26,8 +26,8 @@ impl From<ProvisionError> for ApiError {
             ProvisionError::MaxReplicas(_) => ApiError::Conflict(message),
             ProvisionError::Ports(_) | ProvisionError::Names(_) => ApiError::Unavailable(message),
             // An image the caller chose is their mistake; TARGET_IMAGE is ours.
-            ProvisionError::ImageNotFound { hint, .. } if hint.is_empty() => ApiError::Unprocessable(message),
-            ProvisionError::ImageNotFound { .. } => ApiError::Unavailable(message),
+            ProvisionError::ImageNotFound(_) => ApiError::Unprocessable(message),
+            ProvisionError::TargetImageMissing(_) => ApiError::Unavailable(message),
             ProvisionError::NotReady { .. } => ApiError::Status(StatusCode::GATEWAY_TIMEOUT, message),
             ProvisionError::NotManaged(..) | ProvisionError::ImageNotAllowed(..) => ApiError::Forbidden(message),
             ProvisionError::NotFound(_) => ApiError::NotFound(message),

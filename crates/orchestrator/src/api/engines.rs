@@ -263,6 +263,8 @@ pub async fn select(
         "expires_at": reservation.expires_at,
     });
     drop(registry);
+    // A reservation changes the engine's load: live views should show it.
+    state.orch.changed();
     state
         .orch
         .metrics

@@ -29,6 +29,9 @@ pub struct AppState {
     pub api_key: Option<Arc<str>>,
     /// The engines we run as containers; `None` without a container runtime.
     pub pool: Option<Arc<crate::pool::Pool>>,
+    /// Cancelled at shutdown; endless responses (the dashboard's event stream)
+    /// end with it instead of holding the drain up.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// One row of the route table: method, path, and whether it needs the API key.

@@ -271,7 +271,11 @@ fn snapshots(orch: Arc<Orchestrator>) -> impl Stream<Item = Result<Event, Infall
 /// `GET /panel/events`: server-sent events, each a `snapshot` (see
 /// [`snapshot_json`]), with a keep-alive comment every [`KEEP_ALIVE`].
 pub async fn events(State(state): State<AppState>) -> impl IntoResponse {
-    let sse = Sse::new(snapshots(state.orch.clone()))
+    let stream = futures::StreamExt::take_until(
+        snapshots(state.orch.clone()),
+        state.shutdown.clone().cancelled_owned(),
+    );
+    let sse = Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"));
     // Reverse proxies such as nginx buffer responses unless told not to, which
     // would hold events back until the buffer fills.

@@ -218,7 +218,7 @@ async function act(button, busyLabel, action) {
     toast(await action());
   } catch (error) {
     let message = error.message;
-    if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
+    if (error instanceof ApiError && error.status === 401) {
       message += ' — enter the API key at the top of the page';
     }
     toast(error.status ? `${message} (HTTP ${error.status})` : message, 'error');

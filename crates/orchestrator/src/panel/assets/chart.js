@@ -65,9 +65,12 @@ export function drawChart(figure, samples) {
   const times = samples.map((s) => Date.parse(s.ts));
   const first = Math.min(...times);
   const span = Math.max(1, Math.max(...times) - first);
+  // Scales start at zero (a drop to half speed looks like one) and end at a
+  // round number with some headroom; peers get more, so that a steady stream's
+  // peers line does not hide its download line at the top.
   const max = {
-    speed: Math.max(1, ...samples.flatMap((s) => [s.speed_down ?? 0, s.speed_up ?? 0])),
-    peers: Math.max(1, ...samples.map((s) => s.peers ?? 0)),
+    speed: niceCeiling(1.1 * Math.max(1, ...samples.flatMap((s) => [s.speed_down ?? 0, s.speed_up ?? 0]))),
+    peers: niceCeiling(1.5 * Math.max(1, ...samples.map((s) => s.peers ?? 0))),
   };
   const x = (sample) => PAD + ((Date.parse(sample.ts) - first) / span) * (WIDTH - 2 * PAD);
   SERIES.forEach((series, i) => {
@@ -87,8 +90,15 @@ export function drawChart(figure, samples) {
     legend('down', `↓ ${speed(last.speed_down)}`),
     legend('up', `↑ ${speed(last.speed_up)}`),
     legend('peers', `${last.peers ?? '–'} peers`),
-    legend('scale', `top ${speed(max.speed)} · ${max.peers} peers`),
+    legend('scale', `scale 0–${speed(max.speed)}, 0–${max.peers} peers`),
   );
+}
+
+/** The smallest of 1, 2, 2.5, 5 × 10^n that is at least `value`. */
+function niceCeiling(value) {
+  const power = 10 ** Math.floor(Math.log10(value));
+  const step = [1, 2, 2.5, 5, 10].find((m) => m * power >= value);
+  return step * power;
 }
 
 function legend(className, text) {

@@ -61,6 +61,8 @@ function reconcile(container, items, key, create, update, skip = 0) {
   for (const stale of existing.values()) stale.remove();
 }
 
+const byName = new Intl.Collator(undefined, { numeric: true });
+
 export function engineName(engine) {
   return engine.container_name || engine.container_id;
 }
@@ -157,10 +159,12 @@ function renderStrip(strip, checksNewestFirst) {
 
 export function renderEngines(snapshot) {
   const container = $('engines');
-  const items = snapshot.engines.map((engine) => ({
-    engine,
-    checks: snapshot.recent_checks?.[engine.container_id] ?? [],
-  }));
+  // By name, "engine-2" before "engine-10": a stable order, so cards do not
+  // jump around when their health changes.
+  const items = snapshot.engines
+    .map((engine) => ({ engine, checks: snapshot.recent_checks?.[engine.container_id] ?? [] }))
+    .sort((a, b) => byName.compare(engineName(a.engine), engineName(b.engine))
+      || byName.compare(a.engine.container_id, b.engine.container_id));
   // The first child is the header row of the "rows" layout.
   reconcile(container, items, (item) => item.engine.container_id, createEngine, updateEngine, 1);
   $('engines-empty').hidden = items.length > 0;

@@ -1,0 +1,1020 @@
+//! The dashboard at `/panel`, in a real headless Chromium driven over the W3C
+//! WebDriver protocol (chromedriver), against the real orchestrator binary and
+//! emulated engines: the KPIs, the colours, "Never" and "… ago", a hung engine
+//! turning red without a reload, the polling fallback, the API key, actions
+//! with their confirmations, and that the page fetches nothing from any other
+//! origin. The server side (content types, caching, 404s, the event stream)
+//! is checked without a browser.
+//!
+//! Chromium and chromedriver come from Debian (`apt-get install chromium
+//! chromium-driver`); `CHROME` and `CHROMEDRIVER` name other binaries. With
+//! `SKIP_BROWSER_TESTS=1` the browser tests pass without running. With
+//! `UPDATE_SCREENSHOTS=1` they also write the screenshots in `docs/images/`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::{wait_for, Orch, Sim};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// How long the page may take to show something the server already knows.
+const SHOWN: Duration = Duration::from_secs(10);
+
+/// The key WebDriver uses for element references.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// WebDriver's codes for keys.
+const ENTER: &str = "\u{E007}";
+const ESCAPE: &str = "\u{E00C}";
+
+const GREEN: &str = "rgb(63, 185, 80)";
+const RED: &str = "rgb(248, 81, 73)";
+const GREY: &str = "rgb(139, 148, 158)";
+
+// ---- a minimal WebDriver client ----------------------------------------------------
+
+/// The first of `names` found on `PATH`, unless the variable `var` names a binary.
+fn find_program(var: &str, names: &[&str]) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Whether browser tests are skipped on purpose (`SKIP_BROWSER_TESTS=1`).
+fn skipped() -> bool {
+    let skip = std::env::var_os("SKIP_BROWSER_TESTS").is_some_and(|v| v != "0" && !v.is_empty());
+    if skip {
+        eprintln!("SKIP_BROWSER_TESTS is set: not running the dashboard in a browser");
+    }
+    skip
+}
+
+/// A headless Chromium behind its own chromedriver, both ended on drop.
+struct Browser {
+    // Field order is drop order: the driver dies before the profile is removed.
+    _driver: Child,
+    _profile: tempfile::TempDir,
+    driver_port: u16,
+    session: String,
+    url: String,
+    client: reqwest::Client,
+}
+
+impl Browser {
+    /// Starts chromedriver on an ephemeral port and opens a session with a
+    /// fresh profile and a window of `width` × `height`.
+    async fn launch(width: u32, height: u32) -> Browser {
+        const INSTALL: &str =
+            "install Debian's packages with `apt-get install -y chromium chromium-driver`, \
+            name the binaries with CHROME=… CHROMEDRIVER=…, or set SKIP_BROWSER_TESTS=1";
+        let driver_path = find_program("CHROMEDRIVER", &["chromedriver"])
+            .unwrap_or_else(|| panic!("chromedriver not found; {INSTALL}"));
+        let chrome_path = find_program(
+            "CHROME",
+            &[
+                "chromium",
+                "chromium-browser",
+                "google-chrome",
+                "google-chrome-stable",
+            ],
+        )
+        .unwrap_or_else(|| panic!("chromium not found; {INSTALL}"));
+
+        let mut driver = Command::new(&driver_path)
+            .arg("--port=0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", driver_path.display()));
+        // "ChromeDriver was started successfully on port 37747."
+        let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
+        let port = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.split("started successfully on port ").nth(1) {
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    if let Ok(port) = digits.parse::<u16>() {
+                        return Some(port);
+                    }
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .expect("chromedriver did not say which port it listens on");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+        let profile = tempfile::tempdir().unwrap();
+        let args = vec![
+            "--headless".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-background-networking".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            "--disable-extensions".to_owned(),
+            "--disable-component-update".to_owned(),
+            "--disable-sync".to_owned(),
+            "--no-first-run".to_owned(),
+            "--no-default-browser-check".to_owned(),
+            // A safety net: any host name resolves to nothing, so even a bug in the
+            // page could not reach past this machine.
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1".to_owned(),
+            "--lang=en-US".to_owned(),
+            format!("--window-size={width},{height}"),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let capabilities = json!({
+            "capabilities": { "alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": { "binary": chrome_path, "args": args },
+                // Lets the test read the console: script errors, CSP violations.
+                "goog:loggingPrefs": { "browser": "ALL" },
+            }}
+        });
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let answer = wait_for("chromedriver to accept a session", SHOWN, || {
+            let client = client.clone();
+            let url = format!("{base}/session");
+            let capabilities = capabilities.clone();
+            async move {
+                let response = client.post(url).json(&capabilities).send().await.ok()?;
+                Some(
+                    response
+                        .json::<Value>()
+                        .await
+                        .expect("chromedriver answers JSON"),
+                )
+            }
+        })
+        .await;
+        let session = answer["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("chromedriver refused the session: {answer}"));
+        Browser {
+            _driver: driver,
+            _profile: profile,
+            driver_port: port,
+            session: session.to_owned(),
+            url: format!("{base}/session/{session}"),
+            client,
+        }
+    }
+
+    /// One WebDriver command; answers its `value` or the driver's error message.
+    async fn command(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> Result<Value, String> {
+        let mut request = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.url));
+        if method != reqwest::Method::GET && method != reqwest::Method::DELETE {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        let ok = response.status().is_success();
+        let answer: Value = response.json().await.map_err(|e| e.to_string())?;
+        if ok {
+            Ok(answer["value"].clone())
+        } else {
+            Err(format!(
+                "{}: {}",
+                answer["value"]["error"], answer["value"]["message"]
+            ))
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.command(reqwest::Method::POST, path, body)
+            .await
+            .unwrap_or_else(|e| panic!("WebDriver POST {path}: {e}"))
+    }
+
+    async fn goto(&self, url: &str) {
+        self.post("/url", json!({ "url": url })).await;
+    }
+
+    /// Runs `body` as a function in the page; `arguments[i]` are `args`.
+    async fn js(&self, body: &str, args: Value) -> Value {
+        self.post("/execute/sync", json!({ "script": body, "args": args }))
+            .await
+    }
+
+    /// Polls `body` (a function body that returns a value) until it answers
+    /// something other than null, false or "", and answers that.
+    async fn wait(&self, what: &str, deadline: Duration, body: &str, args: Value) -> Value {
+        let until = Instant::now() + deadline;
+        let mut last: Value;
+        loop {
+            match self
+                .command(
+                    reqwest::Method::POST,
+                    "/execute/sync",
+                    json!({ "script": body, "args": args }),
+                )
+                .await
+            {
+                Ok(value) if !matches!(&value, Value::Null | Value::Bool(false)) && value != "" => {
+                    return value
+                }
+                Ok(value) => last = value,
+                Err(error) => last = Value::String(error),
+            }
+            if Instant::now() > until {
+                panic!("timed out after {deadline:?} waiting for {what}; last answer: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The text of the first element matching `css`, trimmed.
+    async fn text(&self, css: &str) -> String {
+        self.js(
+            "const e = document.querySelector(arguments[0]); return e ? e.textContent.trim() : null;",
+            json!([css]),
+        )
+        .await
+        .as_str()
+        .unwrap_or_else(|| panic!("no element {css}"))
+        .to_owned()
+    }
+
+    /// Waits until the text of `css` is `want`.
+    async fn wait_text(&self, css: &str, want: &str) {
+        self.wait(
+            &format!("{css} to read {want:?}"),
+            SHOWN,
+            "const e = document.querySelector(arguments[0]); return !!e && e.textContent.trim() === arguments[1];",
+            json!([css, want]),
+        )
+        .await;
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let found = self
+            .post("/element", json!({ "using": "css selector", "value": css }))
+            .await;
+        found[ELEMENT]
+            .as_str()
+            .expect("an element reference")
+            .to_owned()
+    }
+
+    /// Clicks like a user: the element must be visible and not covered.
+    async fn click(&self, css: &str) {
+        let element = self.find(css).await;
+        self.post(&format!("/element/{element}/click"), json!({}))
+            .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let element = self.find(css).await;
+        self.post(
+            &format!("/element/{element}/value"),
+            json!({ "text": text }),
+        )
+        .await;
+    }
+
+    async fn resize(&self, width: u32, height: u32) {
+        self.post("/window/rect", json!({ "width": width, "height": height }))
+            .await;
+    }
+
+    /// Saves a PNG of the viewport as `docs/images/{name}` when UPDATE_SCREENSHOTS is set.
+    async fn screenshot(&self, name: &str) {
+        if std::env::var_os("UPDATE_SCREENSHOTS").is_none_or(|v| v.is_empty() || v == "0") {
+            return;
+        }
+        let encoded = self
+            .command(reqwest::Method::GET, "/screenshot", Value::Null)
+            .await
+            .expect("screenshot");
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_str().expect("base64 PNG"))
+            .expect("valid base64");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/images");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), png).unwrap();
+    }
+
+    /// Every URL the page has fetched: the document, scripts, styles, API calls
+    /// and the event stream.
+    async fn fetched_urls(&self) -> Vec<String> {
+        let urls = self
+            .js(
+                "return performance.getEntries()
+                    .filter(e => e.entryType === 'navigation' || e.entryType === 'resource')
+                    .map(e => e.name);",
+                json!([]),
+            )
+            .await;
+        serde_json::from_value(urls).unwrap()
+    }
+
+    /// Errors on the page's console since the last call: uncaught exceptions,
+    /// Content-Security-Policy violations, failed loads.
+    async fn console_errors(&self) -> Vec<String> {
+        let entries = self.post("/se/log", json!({ "type": "browser" })).await;
+        entries
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["level"] == "SEVERE")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for Browser {
+    /// Ends the session, which makes chromedriver close Chromium: killing the
+    /// driver alone would leave the browser running. Plain blocking I/O, as a
+    /// destructor cannot await; it also runs when a test fails.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.driver_port)) else {
+            return;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let request = format!(
+            "DELETE /session/{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.session, self.driver_port
+        );
+        if stream.write_all(request.as_bytes()).is_ok() {
+            // The answer comes once the browser is gone.
+            let _ = stream.read_to_end(&mut Vec::new());
+        }
+    }
+}
+
+// ---- page helpers -------------------------------------------------------------------
+
+fn card(id: &str) -> String {
+    format!(".engine[data-id=\"{id}\"]")
+}
+
+/// Waits until the engine's card shows `health` as a word and in `colour`.
+async fn wait_health(browser: &Browser, id: &str, health: &str, colour: &str, deadline: Duration) {
+    browser
+        .wait(
+            &format!("{id} to show {health} in {colour}"),
+            deadline,
+            "const c = document.querySelector(arguments[0]);
+             if (!c) return false;
+             const dot = getComputedStyle(c.querySelector('.badge .dot')).backgroundColor;
+             return c.dataset.health === arguments[1]
+                 && c.querySelector('.badge .word').textContent === arguments[1]
+                 && dot === arguments[2];",
+            json!([card(id), health, colour]),
+        )
+        .await;
+}
+
+/// Registers an engine under a display name.
+async fn register(orch: &Orch, port: u16, name: &str, key: Option<&str>) -> String {
+    let mut request = orch
+        .client
+        .post(orch.url("/engines"))
+        .json(&json!({ "host": "127.0.0.1", "port": port, "name": name }));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    assert!(response.status().is_success(), "register {port}");
+    let body: Value = response.json().await.unwrap();
+    body["container_id"].as_str().unwrap().to_owned()
+}
+
+/// Opens a playback session on an emulated engine and reports it as started, so
+/// that the collector gets real statistics for it.
+async fn start_stream(orch: &Orch, port: u16, stream_id: &str, infohash: &str) -> Value {
+    let session: Value = orch
+        .client
+        .get(format!(
+            "http://127.0.0.1:{port}/ace/getstream?infohash={infohash}&format=json"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = &session["response"];
+    let (status, stream) = orch
+        .post(
+            "/events/stream_started",
+            json!({
+                "engine": { "host": "127.0.0.1", "port": port },
+                "stream": { "key_type": "infohash", "key": infohash },
+                "session": {
+                    "playback_session_id": session["playback_session_id"],
+                    "stat_url": session["stat_url"],
+                    "command_url": session["command_url"],
+                    "is_live": 1,
+                },
+                "labels": { "stream_id": stream_id },
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "stream_started: {stream}");
+    stream
+}
+
+fn assert_all_local(orch: &Orch, urls: &[String]) {
+    assert!(
+        urls.iter().any(|u| u.ends_with("/panel/assets/app.js")),
+        "the resource list misses the page's own script: {urls:?}"
+    );
+    let foreign: Vec<_> = urls
+        .iter()
+        .filter(|u| !u.starts_with(&format!("{}/", orch.base)))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "the page fetched from another origin: {foreign:?}"
+    );
+}
+
+// ---- the tests -----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_pool_and_follows_it_live() {
+    if skipped() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (interval, timeout) = (0.5, 0.4);
+    let orch = Orch::start(dir.path(), &[]).await;
+    let sim = Sim::start(3).await;
+    let mut ids = Vec::new();
+    for (i, port) in sim.ports.iter().enumerate() {
+        ids.push(register(&orch, *port, &format!("engine-{}", i + 1), None).await);
+    }
+    for id in &ids {
+        orch.wait_health(id, "healthy", SHOWN).await;
+    }
+    let stream = start_stream(&orch, sim.ports[0], "ch-42", &"a1".repeat(20)).await;
+
+    let browser = Browser::launch(1366, 1100).await;
+    browser.goto(&orch.url("/panel")).await;
+
+    // The KPIs.
+    browser.wait_text("#kpi-engines", "3").await;
+    browser.wait_text("#kpi-streams", "1").await;
+    browser.wait_text("#kpi-healthy", "3 / 3 healthy").await;
+    browser.wait_text("#connection .text", "Live").await;
+    assert!(
+        browser.text("#kpi-updated").await.contains(':'),
+        "last update is a clock time"
+    );
+
+    // Every engine is green and says so; usage and checks are "… ago" or "Never".
+    for id in &ids {
+        wait_health(&browser, id, "healthy", GREEN, SHOWN).await;
+    }
+    let used = browser.text(&format!("{} .usage", card(&ids[0]))).await;
+    assert!(is_ago(&used), "engine-1 was used just now: {used:?}");
+    for id in &ids[1..] {
+        assert_eq!(browser.text(&format!("{} .usage", card(id))).await, "Never");
+    }
+    let checked = browser.text(&format!("{} .checked", card(&ids[0]))).await;
+    assert!(is_ago(&checked), "checked: {checked:?}");
+    assert_eq!(
+        browser.text(&format!("{} .name", card(&ids[0]))).await,
+        "engine-1"
+    );
+    assert_eq!(
+        browser.text(&format!("{} .addr", card(&ids[0]))).await,
+        format!("127.0.0.1:{}", sim.ports[0])
+    );
+    assert_eq!(
+        browser
+            .text(&format!("{} .stream-count", card(&ids[0])))
+            .await,
+        "1"
+    );
+    browser
+        .wait(
+            "the health strip of engine-1 to show passed checks",
+            SHOWN,
+            "return document.querySelectorAll(arguments[0]).length >= 3;",
+            json!([format!("{} .strip .tick.ok", card(&ids[0]))]),
+        )
+        .await;
+
+    // The stream: its facts, its links, and a chart drawn from its statistics.
+    let stream_card = ".stream[data-id=\"ch-42\"]";
+    browser
+        .wait_text(&format!("{stream_card} .engine-name"), "engine-1")
+        .await;
+    let key = browser.text(&format!("{stream_card} .key")).await;
+    assert!(
+        key.starts_with(&"a1".repeat(20)) && key.contains("infohash"),
+        "{key}"
+    );
+    let links = browser
+        .js(
+            "return [...document.querySelectorAll(arguments[0])].map(a => a.href);",
+            json!([format!("{stream_card} .links a")]),
+        )
+        .await;
+    assert_eq!(links, json!([stream["stat_url"], stream["command_url"]]));
+    browser
+        .wait(
+            "the stream's chart to draw a few samples",
+            Duration::from_secs(15),
+            "const d = document.querySelector(arguments[0])?.getAttribute('d') || '';
+             return (d.match(/L/g) || []).length >= 3;",
+            json!([format!("{stream_card} path.down")]),
+        )
+        .await;
+    let caption = browser.text(&format!("{stream_card} figcaption")).await;
+    assert!(
+        caption.contains("KB/s") && caption.contains("peers"),
+        "{caption}"
+    );
+
+    // A hung engine turns red on the open page, without a reload.
+    browser.js("window.notReloaded = true;", json!([])).await;
+    sim.set_mode(Some(1), "hang").await;
+    let hung_at = Instant::now();
+    wait_health(
+        &browser,
+        &ids[1],
+        "unhealthy",
+        RED,
+        Duration::from_secs_f64(interval + timeout + 2.5),
+    )
+    .await;
+    let took = hung_at.elapsed();
+    eprintln!("the hung engine turned red on the page after {took:?}");
+    assert_eq!(
+        browser
+            .js("return window.notReloaded === true;", json!([]))
+            .await,
+        true,
+        "the page was reloaded"
+    );
+    browser.wait_text("#kpi-healthy", "2 / 3 healthy").await;
+    let error = browser.text(&format!("{} .error", card(&ids[1]))).await;
+    assert!(error.contains("no answer within"), "{error}");
+    browser
+        .wait(
+            "a failed check in engine-2's strip",
+            SHOWN,
+            "return !!document.querySelector(arguments[0]);",
+            json!([format!("{} .strip .tick.fail", card(&ids[1]))]),
+        )
+        .await;
+    wait_health(&browser, &ids[0], "healthy", GREEN, SHOWN).await;
+    browser.screenshot("panel-cards.png").await;
+
+    // Choosing an engine (here with the keyboard: Enter on its name) shows its
+    // transitions with their reasons.
+    browser
+        .type_into(&format!("{} .name", card(&ids[1])), ENTER)
+        .await;
+    browser
+        .wait(
+            "the detail dialog with the transition to unhealthy",
+            SHOWN,
+            "const d = document.getElementById('detail');
+             const t = d.querySelector('.transition[data-to=\"unhealthy\"]');
+             return d.open && t && t.textContent;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(browser.text("#detail-title").await, "engine-2");
+    let transition = browser
+        .text("#detail-transitions .transition[data-to=\"unhealthy\"]")
+        .await;
+    assert!(
+        transition.contains("healthy → unhealthy") && transition.contains("no answer"),
+        "{transition}"
+    );
+    browser.screenshot("panel-engine-detail.png").await;
+    browser.type_into("#detail [data-close]", ESCAPE).await;
+    browser
+        .wait(
+            "the detail dialog to close",
+            SHOWN,
+            "return !document.getElementById('detail').open;",
+            json!([]),
+        )
+        .await;
+
+    // One row per engine, on request.
+    browser.click("[data-view=\"rows\"]").await;
+    browser
+        .wait(
+            "the rows layout",
+            SHOWN,
+            "return document.getElementById('engines').classList.contains('rows');",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("panel-rows.png").await;
+    browser.click("[data-view=\"cards\"]").await;
+
+    // A phone: one column, and still everything on it.
+    browser.resize(390, 1400).await;
+    browser
+        .wait(
+            "one column of engine cards",
+            SHOWN,
+            "const cards = [...document.querySelectorAll('.engine')];
+             return cards.length === 3 && cards.every(c => c.offsetLeft === cards[0].offsetLeft)
+                 && document.documentElement.scrollWidth <= window.innerWidth;",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("panel-phone.png").await;
+    browser.resize(1366, 1100).await;
+
+    // Stopping a stream asks first, then the stream goes.
+    browser.click(&format!("{stream_card} .stop")).await;
+    browser
+        .wait(
+            "the confirmation",
+            SHOWN,
+            "return document.getElementById('confirm').open;",
+            json!([]),
+        )
+        .await;
+    browser.click("#confirm-ok").await;
+    browser.wait_text("#kpi-streams", "0").await;
+    assert_eq!(orch.get("/streams/ch-42").await.1["status"], "ended");
+
+    // Deleting an engine asks first; cancelling keeps it.
+    let delete = format!("{} .delete", card(&ids[2]));
+    browser.click(&delete).await;
+    browser
+        .wait(
+            "the delete confirmation naming the engine",
+            SHOWN,
+            "const d = document.getElementById('confirm');
+             return d.open && document.getElementById('confirm-message').textContent.includes(arguments[0]);",
+            json!([ids[2]]),
+        )
+        .await;
+    browser.click("#confirm-cancel").await;
+    browser
+        .wait(
+            "the confirmation to close",
+            SHOWN,
+            "return !document.getElementById('confirm').open;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(orch.get(&format!("/engines/{}", ids[2])).await.0, 200);
+    browser.wait_text("#kpi-engines", "3").await;
+
+    browser.click(&delete).await;
+    browser
+        .wait(
+            "the confirmation",
+            SHOWN,
+            "return document.getElementById('confirm').open;",
+            json!([]),
+        )
+        .await;
+    browser.click("#confirm-ok").await;
+    browser
+        .wait(
+            "the deleted engine's card to go",
+            SHOWN,
+            "return !document.querySelector(arguments[0]);",
+            json!([card(&ids[2])]),
+        )
+        .await;
+    browser.wait_text("#kpi-engines", "2").await;
+    assert_eq!(orch.get(&format!("/engines/{}", ids[2])).await.0, 404);
+    browser
+        .wait(
+            "a toast saying so",
+            SHOWN,
+            "return [...document.querySelectorAll('.toast')].some(t => t.textContent === 'engine-3 deleted');",
+            json!([]),
+        )
+        .await;
+
+    // Nothing of all this came from anywhere but the orchestrator.
+    let urls = browser.fetched_urls().await;
+    assert!(
+        urls.iter().any(|u| u.contains("/streams/ch-42/stats")),
+        "{urls:?}"
+    );
+    assert_all_local(&orch, &urls);
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "the console shows errors: {errors:#?}");
+}
+
+/// Whether `text` reads like "0s ago", "12s ago", "5m ago", "2h ago" or "3d ago".
+fn is_ago(text: &str) -> bool {
+    text.strip_suffix(" ago").is_some_and(|n| {
+        let digits = n.trim_end_matches(['s', 'm', 'h', 'd']);
+        n.len() == digits.len() + 1
+            && !digits.is_empty()
+            && digits.chars().all(|c| c.is_ascii_digit())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_the_api_key_and_failed_actions() {
+    if skipped() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = "panel-test-key";
+    // Checks only on request, so engines stay "unknown" until someone asks;
+    // Docker unreachable, so provisioning fails without side effects.
+    let orch = Orch::start(
+        dir.path(),
+        &[
+            ("API_KEY", key),
+            ("HEALTH_CHECK_INTERVAL_S", "3600"),
+            ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
+        ],
+    )
+    .await;
+    let sim = Sim::start(1).await;
+
+    let browser = Browser::launch(1280, 900).await;
+    browser.goto(&orch.url("/panel?push=0")).await;
+    browser.wait_text("#kpi-engines", "0").await;
+    browser
+        .wait_text("#connection .text", "Polling every 5 s")
+        .await;
+    browser
+        .js(
+            "const s = document.getElementById('poll-interval'); s.value = '2';
+             s.dispatchEvent(new Event('change'));",
+            json!([]),
+        )
+        .await;
+    browser
+        .wait_text("#connection .text", "Polling every 2 s")
+        .await;
+
+    // Polling picks up an engine registered after the page loaded.
+    let id = register(&orch, sim.port(), "engine-1", Some(key)).await;
+    browser.wait_text("#kpi-engines", "1").await;
+    wait_health(&browser, &id, "unknown", GREY, SHOWN).await;
+    assert_eq!(
+        browser.text(&format!("{} .checked", card(&id))).await,
+        "Never"
+    );
+    assert_eq!(
+        browser.text(&format!("{} .usage", card(&id))).await,
+        "Never"
+    );
+    browser.wait_text("#kpi-healthy", "0 / 1 healthy").await;
+
+    // Without the key, an action says what is wrong and changes nothing.
+    browser.click(&format!("{} .check", card(&id))).await;
+    let toast = browser
+        .wait(
+            "an error toast about the key",
+            SHOWN,
+            "return [...document.querySelectorAll('.toast.error')].map(t => t.textContent).join('\\n');",
+            json!([]),
+        )
+        .await;
+    let toast = toast.as_str().unwrap();
+    assert!(
+        toast.contains("HTTP 401") && toast.contains("API key"),
+        "{toast}"
+    );
+    assert_eq!(orch.engine(&id).await["health_status"], "unknown");
+    // The console shows the refused request: the empty console of the other
+    // test means something.
+    let errors = browser.console_errors().await;
+    assert!(errors.iter().any(|e| e.contains("401")), "{errors:#?}");
+
+    // With the key typed in, "Check now" works and the engine turns green.
+    browser.type_into("#api-key", key).await;
+    browser.click(&format!("{} .check", card(&id))).await;
+    wait_health(&browser, &id, "healthy", GREEN, SHOWN).await;
+    let checked = browser.text(&format!("{} .checked", card(&id))).await;
+    assert!(is_ago(&checked), "{checked}");
+
+    // The key outlives a reload.
+    browser.goto(&orch.url("/panel?push=0")).await;
+    browser
+        .wait(
+            "the key to be filled in again",
+            SHOWN,
+            "return document.getElementById('api-key').value === arguments[0];",
+            json!([key]),
+        )
+        .await;
+
+    // "Check all" with a hung engine: red, with the key from storage.
+    sim.set_mode(Some(0), "hang").await;
+    browser.wait_text("#kpi-engines", "1").await;
+    browser.click("#check-all").await;
+    wait_health(&browser, &id, "unhealthy", RED, SHOWN).await;
+    browser.wait_text("#kpi-healthy", "0 / 1 healthy").await;
+
+    // A failed provisioning shows the API's own `detail`.
+    let response = orch
+        .client
+        .post(orch.url("/provision/acestream"))
+        .bearer_auth(key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap();
+    assert!(
+        !status.is_success(),
+        "provisioning should fail without Docker: {answer}"
+    );
+    let detail = answer["detail"].as_str().unwrap().to_owned();
+    browser.click("#provision").await;
+    browser
+        .wait(
+            "the provisioning error",
+            Duration::from_secs(20),
+            "return [...document.querySelectorAll('.toast.error')]
+                 .some(t => t.textContent.includes(arguments[0]) && t.textContent.includes(arguments[1]));",
+            json!([detail, format!("HTTP {}", status.as_u16())]),
+        )
+        .await;
+
+    let urls = browser.fetched_urls().await;
+    assert!(
+        urls.iter().any(|u| u.contains("/panel/snapshot")),
+        "{urls:?}"
+    );
+    assert!(
+        !urls.iter().any(|u| u.contains("/panel/events")),
+        "push=0 opens no event stream: {urls:?}"
+    );
+    assert_all_local(&orch, &urls);
+}
+
+// ---- the server side, without a browser -------------------------------------------------
+
+/// Reads server-sent events from a response until `deadline`, collecting the
+/// data of `snapshot` events.
+struct EventReader {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl EventReader {
+    /// The next `snapshot` event's data, or None if none arrives within `deadline`.
+    async fn next_snapshot(&mut self, deadline: Duration) -> Option<Value> {
+        let until = Instant::now() + deadline;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let is_snapshot = block.lines().any(|l| l == "event: snapshot");
+                let data: String = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .collect();
+                if is_snapshot {
+                    return Some(serde_json::from_str(&data).expect("snapshot data is JSON"));
+                }
+            }
+            let chunk = tokio::time::timeout_at(until, self.response.chunk())
+                .await
+                .ok()?
+                .expect("event stream read")
+                .expect("event stream open");
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_panel_routes_serve_assets_snapshots_and_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let orch = Orch::start(dir.path(), &[("HEALTH_CHECK_INTERVAL_S", "3600")]).await;
+    let client = reqwest::Client::new();
+
+    let page = client.get(orch.url("/panel")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("connect-src 'self'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(page.text().await.unwrap().contains("/panel/assets/app.js"));
+
+    for (file, content_type) in [
+        ("app.js", "text/javascript; charset=utf-8"),
+        ("style.css", "text/css; charset=utf-8"),
+    ] {
+        let url = orch.url(&format!("/panel/assets/{file}"));
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{file}");
+        assert_eq!(response.headers()["content-type"], content_type);
+        assert_eq!(response.headers()["cache-control"], "no-cache");
+        let etag = response.headers()["etag"].clone();
+        let again = client
+            .get(&url)
+            .header("if-none-match", etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304, "{file} is revalidated by its ETag");
+    }
+    let (status, body) = orch.get("/panel/assets/nope.js").await;
+    assert_eq!(status, 404);
+    assert!(
+        body["detail"].as_str().unwrap().contains("nope.js"),
+        "{body}"
+    );
+
+    // The snapshot carries exactly GET /engines.
+    let sim = Sim::start(1).await;
+    let id = orch.register(sim.port()).await;
+    let (status, snapshot) = orch.get("/panel/snapshot").await;
+    assert_eq!(status, 200);
+    assert_eq!(snapshot["engines"], orch.get("/engines").await.1);
+    assert_eq!(snapshot["streams"], json!([]));
+    assert!(snapshot["generated_at"].as_str().unwrap().ends_with('Z'));
+
+    // The event stream: a snapshot at once, another after a change, and bursts
+    // of changes folded together.
+    let response = client.get(orch.url("/panel/events")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut events = EventReader {
+        response,
+        buffer: String::new(),
+    };
+    let first = events
+        .next_snapshot(Duration::from_secs(5))
+        .await
+        .expect("a snapshot on connect");
+    assert_eq!(first["engines"][0]["health_status"], "unknown");
+    assert_eq!(first["recent_checks"][&id], json!([]));
+
+    let asked = Instant::now();
+    let (status, _) = orch
+        .post(&format!("/engines/{id}/health/check"), Value::Null)
+        .await;
+    assert_eq!(status, 200);
+    let after_check = loop {
+        let snapshot = events
+            .next_snapshot(SHOWN)
+            .await
+            .expect("a snapshot after the check");
+        if snapshot["engines"][0]["health_status"] == "healthy" {
+            break snapshot;
+        }
+    };
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "pushed late: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(after_check["recent_checks"][&id][0]["ok"], true);
+
+    // 20 changes in a burst make a handful of events, not 20.
+    let burst = Instant::now();
+    for _ in 0..20 {
+        orch.post(&format!("/engines/{id}/health/check"), Value::Null)
+            .await;
+    }
+    let burst_took = burst.elapsed();
+    // The stream falls silent once the burst is told.
+    let mut count = 0;
+    while events
+        .next_snapshot(Duration::from_millis(800))
+        .await
+        .is_some()
+    {
+        count += 1;
+    }
+    let most = (burst_took.as_millis() / 300) as usize + 2;
+    assert!(
+        (1..=most).contains(&count),
+        "{count} events for 20 changes in {burst_took:?}"
+    );
+}
