@@ -45,13 +45,19 @@ impl Plan {
 pub fn decide(pool: &[PoolEngine], policy: &Policy, now: Timestamp) -> Plan {
     let total = pool.len() as u32;
     let busy = pool.iter().filter(|e| e.load > 0).count() as u32;
-    let target = (busy + policy.min_free).max(policy.demand).min(policy.max_total);
+    let target = (busy + policy.min_free)
+        .max(policy.demand)
+        .min(policy.max_total);
 
     let mut idle: Vec<&PoolEngine> = pool
         .iter()
         .filter(|e| e.load == 0 && e.idle_since.seconds_until(now) >= policy.grace_s)
         .collect();
-    idle.sort_by(|a, b| a.idle_since.cmp(&b.idle_since).then_with(|| a.id.cmp(&b.id)));
+    idle.sort_by(|a, b| {
+        a.idle_since
+            .cmp(&b.idle_since)
+            .then_with(|| a.id.cmp(&b.id))
+    });
 
     let mut remove: Vec<String> = Vec::new();
     if policy.auto_delete {
@@ -102,7 +108,13 @@ mod tests {
     fn keeps_the_minimum_free() {
         let pool = [engine("a", 1, 0, true), engine("b", 0, NOW, false)];
         let plan = decide(&pool, &policy(2, 10), Timestamp::from_millis(NOW));
-        assert_eq!(plan, Plan { provision: 1, remove: vec![] });
+        assert_eq!(
+            plan,
+            Plan {
+                provision: 1,
+                remove: vec![]
+            }
+        );
     }
 
     #[test]
@@ -113,7 +125,11 @@ mod tests {
             engine("busy", 2, 0, true),
         ];
         let plan = decide(&pool, &policy(0, 10), Timestamp::from_millis(NOW));
-        assert_eq!(plan.remove, vec!["old".to_owned()], "fresh is still in its grace period");
+        assert_eq!(
+            plan.remove,
+            vec!["old".to_owned()],
+            "fresh is still in its grace period"
+        );
         assert_eq!(plan.provision, 0);
     }
 
@@ -161,7 +177,8 @@ mod tests {
                             };
                             let plan = decide(&pool, &p, now);
                             let busy = pool.iter().filter(|e| e.load > 0).count() as u32;
-                            let after = pool.len() as u32 - plan.remove.len() as u32 + plan.provision;
+                            let after =
+                                pool.len() as u32 - plan.remove.len() as u32 + plan.provision;
                             for id in &plan.remove {
                                 let e = pool.iter().find(|e| &e.id == id).unwrap();
                                 assert_eq!(e.load, 0, "never removes a busy engine");

@@ -314,11 +314,21 @@ pub struct Config {
     pub ace_https_range: PortRange,
 
     /// Images `POST /provision` may run, comma-separated (default: TARGET_IMAGE only).
-    #[arg(long, env = "PROVISION_ALLOWED_IMAGES", value_name = "PROVISION_ALLOWED_IMAGES", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "PROVISION_ALLOWED_IMAGES",
+        value_name = "PROVISION_ALLOWED_IMAGES",
+        value_delimiter = ','
+    )]
     pub provision_allowed_images: Vec<String>,
 
     /// Origins allowed to call the API from a browser (CORS), comma-separated; unset = CORS off.
-    #[arg(long, env = "CORS_ALLOW_ORIGINS", value_name = "CORS_ALLOW_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "CORS_ALLOW_ORIGINS",
+        value_name = "CORS_ALLOW_ORIGINS",
+        value_delimiter = ','
+    )]
     pub cors_allow_origins: Vec<String>,
 
     /// Also publish the engine's HTTPS port.
@@ -502,7 +512,10 @@ mod tests {
         );
         assert!(!c.auto_delete);
         assert_eq!(c.db_path().unwrap(), PathBuf::from("./orchestrator.db"));
-        assert_eq!(c.allowed_images(), vec!["acestream/engine:latest".to_owned()]);
+        assert_eq!(
+            c.allowed_images(),
+            vec!["acestream/engine:latest".to_owned()]
+        );
         assert!(c.cors_allow_origins.is_empty());
     }
 
@@ -528,7 +541,10 @@ mod tests {
             ),
             (&["--db-url", "postgres://x"], "DB_URL"),
             (&["--auto-delete", "maybe"], "AUTO_DELETE"),
-            (&["--cors-allow-origins", "not an origin"], "CORS_ALLOW_ORIGINS"),
+            (
+                &["--cors-allow-origins", "not an origin"],
+                "CORS_ALLOW_ORIGINS",
+            ),
         ];
         for (args, var) in cases {
             let err = parse(args).expect_err(&format!("{args:?} should be refused"));

@@ -163,7 +163,11 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(runtime: Arc<dyn ContainerRuntime>, orch: Arc<Orchestrator>, config: &Config) -> Self {
+    pub fn new(
+        runtime: Arc<dyn ContainerRuntime>,
+        orch: Arc<Orchestrator>,
+        config: &Config,
+    ) -> Self {
         Self {
             runtime,
             orch,
@@ -184,7 +188,11 @@ impl Pool {
     }
 
     fn docker_engines(&self) -> u32 {
-        self.orch.registry.read().engine_ids(RuntimeKind::Docker).len() as u32
+        self.orch
+            .registry
+            .read()
+            .engine_ids(RuntimeKind::Docker)
+            .len() as u32
     }
 
     /// Takes a place among the `max` engines, or says why there is none.
@@ -201,8 +209,12 @@ impl Pool {
     /// Starts an engine container and answers once its API answers. A
     /// container that does not get there in `STARTUP_TIMEOUT_S` is removed
     /// and its ports freed.
-    pub async fn provision_engine(&self, request: EngineRequest) -> Result<Provisioned, ProvisionError> {
-        self.provision_engine_within(request, self.settings.max_replicas).await
+    pub async fn provision_engine(
+        &self,
+        request: EngineRequest,
+    ) -> Result<Provisioned, ProvisionError> {
+        self.provision_engine_within(request, self.settings.max_replicas)
+            .await
     }
 
     async fn provision_engine_within(
@@ -227,7 +239,10 @@ impl Pool {
         started: Instant,
     ) -> Result<Provisioned, ProvisionError> {
         let mut labels = request.labels;
-        labels.insert(self.settings.label.key.clone(), self.settings.label.value.clone());
+        labels.insert(
+            self.settings.label.key.clone(),
+            self.settings.label.value.clone(),
+        );
         labels.insert(HTTP_PORT_LABEL.into(), ports.container_http.to_string());
         labels.insert(HTTPS_PORT_LABEL.into(), ports.container_https.to_string());
         labels.insert(HOST_HTTP_PORT_LABEL.into(), ports.host_http.to_string());
@@ -241,7 +256,10 @@ impl Pool {
                 ports.container_http, ports.container_https
             )
         });
-        let mut published = vec![PortMapping::published(ports.container_http, ports.host_http)];
+        let mut published = vec![PortMapping::published(
+            ports.container_http,
+            ports.host_http,
+        )];
         if let Some(port) = ports.host_https {
             published.push(PortMapping::published(ports.container_https, port));
         }
@@ -288,7 +306,11 @@ impl Pool {
                 error: None,
             },
         );
-        self.orch.metrics.provision.get_or_create(&crate::metrics::KindLabel { kind: "acestream" }).inc();
+        self.orch
+            .metrics
+            .provision
+            .get_or_create(&crate::metrics::KindLabel { kind: "acestream" })
+            .inc();
         tracing::info!(container = %id, name = %info.name, ready_ms, "engine provisioned");
         Ok(Provisioned {
             container_id: id,
@@ -344,7 +366,13 @@ impl Pool {
         let mut last_error = "never answered".to_owned();
         while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
-            let outcome = probe(&self.orch.http, host, port, left.min(Duration::from_secs(2))).await;
+            let outcome = probe(
+                &self.orch.http,
+                host,
+                port,
+                left.min(Duration::from_secs(2)),
+            )
+            .await;
             if outcome.ok {
                 return Ok(());
             }
@@ -357,15 +385,26 @@ impl Pool {
     /// Starts any container, labelled as ours (`POST /provision`). Whoever
     /// reaches this can run containers on the host, so only allowed images run,
     /// and the spec has no way to ask for privileges, host networking or mounts.
-    pub async fn provision_generic(&self, request: GenericRequest) -> Result<ContainerInfo, ProvisionError> {
-        if !self.settings.allowed_images.iter().any(|i| i == &request.image) {
+    pub async fn provision_generic(
+        &self,
+        request: GenericRequest,
+    ) -> Result<ContainerInfo, ProvisionError> {
+        if !self
+            .settings
+            .allowed_images
+            .iter()
+            .any(|i| i == &request.image)
+        {
             return Err(ProvisionError::ImageNotAllowed(
                 request.image,
                 self.settings.allowed_images.join(", "),
             ));
         }
         let mut labels = request.labels;
-        labels.insert(self.settings.label.key.clone(), self.settings.label.value.clone());
+        labels.insert(
+            self.settings.label.key.clone(),
+            self.settings.label.value.clone(),
+        );
         let spec = ContainerSpec {
             name: format!("svc-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
             image: request.image,
@@ -375,7 +414,11 @@ impl Pool {
             network: self.settings.network.clone(),
         };
         let info = self.runtime.create_and_start(spec).await?;
-        self.orch.metrics.provision.get_or_create(&crate::metrics::KindLabel { kind: "generic" }).inc();
+        self.orch
+            .metrics
+            .provision
+            .get_or_create(&crate::metrics::KindLabel { kind: "generic" })
+            .inc();
         tracing::info!(container = %info.id, name = %info.name, image = %info.image, "container provisioned");
         Ok(info)
     }
@@ -385,7 +428,10 @@ impl Pool {
     pub async fn inspect_managed(&self, id: &str) -> Result<ContainerInfo, ProvisionError> {
         match self.runtime.inspect(id).await? {
             Some(info) if info.has_label(&self.settings.label) => Ok(info),
-            Some(_) => Err(ProvisionError::NotManaged(id.to_owned(), self.settings.label.to_string())),
+            Some(_) => Err(ProvisionError::NotManaged(
+                id.to_owned(),
+                self.settings.label.to_string(),
+            )),
             None => Err(ProvisionError::NotFound(id.to_owned())),
         }
     }
@@ -443,7 +489,9 @@ impl Pool {
         };
         let mut alive = BTreeSet::new();
         for info in containers.iter().filter(|c| c.status.is_alive()) {
-            let Some(ports) = ports_from_labels(&info.labels).or_else(|| ports_from_published(info)) else {
+            let Some(ports) =
+                ports_from_labels(&info.labels).or_else(|| ports_from_published(info))
+            else {
                 tracing::warn!(container = %info.id, name = %info.name, "managed container has no engine port; not adopted");
                 continue;
             };
@@ -457,7 +505,9 @@ impl Pool {
             }
             let _ = self
                 .orch
-                .write(|registry, _| Ok::<_, std::convert::Infallible>(((), registry.upsert(engine))))
+                .write(|registry, _| {
+                    Ok::<_, std::convert::Infallible>(((), registry.upsert(engine)))
+                })
                 .await;
         }
         let registered = self.orch.registry.read().engine_ids(RuntimeKind::Docker);
@@ -554,9 +604,16 @@ impl Pool {
         if plan.is_empty() {
             return plan;
         }
-        tracing::info!(provision = plan.provision, remove = plan.remove.len(), "autoscaling");
+        tracing::info!(
+            provision = plan.provision,
+            remove = plan.remove.len(),
+            "autoscaling"
+        );
         for id in &plan.remove {
-            if let Err(e) = self.remove(id, "idle engine removed by the autoscaler").await {
+            if let Err(e) = self
+                .remove(id, "idle engine removed by the autoscaler")
+                .await
+            {
                 tracing::warn!(container = %id, error = %e, "autoscaler could not remove an engine");
             }
         }
@@ -601,18 +658,29 @@ impl Pool {
             let registry = self.orch.registry.read();
             let ids = registry.engine_ids(RuntimeKind::Docker);
             let unhealthy = registry.unhealthy_since(now).len();
-            let overdue = registry.unhealthy_since(now.plus_seconds(-self.settings.unhealthy_grace_s));
+            let overdue =
+                registry.unhealthy_since(now.plus_seconds(-self.settings.unhealthy_grace_s));
             (ids.len(), unhealthy, overdue)
         };
         let share_exceeded =
             total > 0 && unhealthy * 100 > total * usize::from(self.settings.max_unhealthy_percent);
         if share_exceeded != self.suspended.swap(share_exceeded, Ordering::SeqCst) {
-            self.orch.registry.write().set_replacement_suspended(share_exceeded);
-            self.orch.metrics.replacement_suspended.set(i64::from(share_exceeded));
+            self.orch
+                .registry
+                .write()
+                .set_replacement_suspended(share_exceeded);
+            self.orch
+                .metrics
+                .replacement_suspended
+                .set(i64::from(share_exceeded));
             if share_exceeded {
                 tracing::warn!(unhealthy, total, "more than {}% of the engines are unhealthy: suspecting a shared cause (network, VPN, host); replacing none", self.settings.max_unhealthy_percent);
             } else {
-                tracing::info!(unhealthy, total, "unhealthy share back under the limit; replacements resume");
+                tracing::info!(
+                    unhealthy,
+                    total,
+                    "unhealthy share back under the limit; replacements resume"
+                );
             }
         }
         if share_exceeded {
@@ -623,7 +691,9 @@ impl Pool {
         };
         {
             let last = self.last_replacement.lock();
-            if last.is_some_and(|at| at.elapsed().as_secs_f64() < self.settings.replacement_cooldown_s) {
+            if last
+                .is_some_and(|at| at.elapsed().as_secs_f64() < self.settings.replacement_cooldown_s)
+            {
                 return;
             }
         }
@@ -648,7 +718,11 @@ impl Pool {
         let _ = self
             .orch
             .write(|registry, now| {
-                let ops = registry.note(&new.container_id, format!("replaces {old}, unhealthy for {broken_for:.0}s"), now);
+                let ops = registry.note(
+                    &new.container_id,
+                    format!("replaces {old}, unhealthy for {broken_for:.0}s"),
+                    now,
+                );
                 Ok::<_, std::convert::Infallible>(((), ops))
             })
             .await;

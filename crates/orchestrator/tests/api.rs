@@ -466,26 +466,47 @@ async fn cors_is_off_unless_origins_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let off = Orch::start(dir.path(), &[]).await;
     let response = preflight(&off, "https://evil.example").await.unwrap();
-    assert!(response.headers().get("access-control-allow-origin").is_none());
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
 
     let dir = tempfile::tempdir().unwrap();
-    let on = Orch::start(dir.path(), &[("CORS_ALLOW_ORIGINS", "https://panel.example")]).await;
+    let on = Orch::start(
+        dir.path(),
+        &[("CORS_ALLOW_ORIGINS", "https://panel.example")],
+    )
+    .await;
     let response = preflight(&on, "https://panel.example").await.unwrap();
-    assert_eq!(response.headers()["access-control-allow-origin"], "https://panel.example");
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://panel.example"
+    );
     let response = preflight(&on, "https://evil.example").await.unwrap();
-    assert!(response.headers().get("access-control-allow-origin").is_none());
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_dashboard_stream_does_not_hold_up_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let mut orch = Orch::start(dir.path(), &[]).await;
-    let mut events = orch.client.get(orch.url("/panel/events")).send().await.unwrap();
+    let mut events = orch
+        .client
+        .get(orch.url("/panel/events"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(events.status(), 200);
     let first = events.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("data:"));
     let (code, took) = orch.terminate().await;
     assert_eq!(code, Some(0));
-    assert!(took < std::time::Duration::from_secs(2), "shutdown took {took:?}");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "shutdown took {took:?}"
+    );
     assert!(!orch.logs().contains("requests still open"));
 }

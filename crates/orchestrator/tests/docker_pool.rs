@@ -58,13 +58,22 @@ async fn provisioning_answers_when_the_engine_is_ready_and_delete_removes_it() {
     let (status, engine) = orch.post("/provision/acestream", json!({})).await;
     let took = started.elapsed();
     assert_eq!(status, 200, "{engine}");
-    for field in ["container_id", "container_name", "host_http_port", "container_http_port", "container_https_port"] {
+    for field in [
+        "container_id",
+        "container_name",
+        "host_http_port",
+        "container_http_port",
+        "container_https_port",
+    ] {
         assert!(!engine[field].is_null(), "{field} missing: {engine}");
     }
     let id = engine["container_id"].as_str().unwrap().to_owned();
     let host_port = engine["host_http_port"].as_u64().unwrap();
     assert!((21000..=21019).contains(&host_port));
-    assert!(engine["container_name"].as_str().unwrap().starts_with("engine-"));
+    assert!(engine["container_name"]
+        .as_str()
+        .unwrap()
+        .starts_with("engine-"));
     eprintln!("provisioning latency (request to ready): {took:?}");
 
     // Ready means its API answers now, and the registry knows it as healthy.
@@ -87,19 +96,35 @@ async fn provisioning_answers_when_the_engine_is_ready_and_delete_removes_it() {
     let (_, container) = orch.get(&format!("/containers/{id}")).await;
     assert_eq!(container["labels"][key], value);
     assert_eq!(container["labels"]["host.http_port"], host_port.to_string());
-    assert_eq!(container["labels"]["acestream.http_port"], engine["container_http_port"].to_string());
-    let conf = docker(&["inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", &id]);
-    assert!(conf.contains(&format!("--http-port={}", engine["container_http_port"])), "{conf}");
+    assert_eq!(
+        container["labels"]["acestream.http_port"],
+        engine["container_http_port"].to_string()
+    );
+    let conf = docker(&[
+        "inspect",
+        "-f",
+        "{{range .Config.Env}}{{println .}}{{end}}",
+        &id,
+    ]);
+    assert!(
+        conf.contains(&format!("--http-port={}", engine["container_http_port"])),
+        "{conf}"
+    );
     assert!(conf.contains("--bind-all"));
 
     // A proxy names it by localhost and its published port: same engine.
     let (status, stream) = orch
-        .post("/events/stream_started", common::started_event(host_port as u16, "k", "s"))
+        .post(
+            "/events/stream_started",
+            common::started_event(host_port as u16, "k", "s"),
+        )
         .await;
     assert_eq!(status, 200, "{stream}");
     assert_eq!(stream["container_id"], id);
 
-    let (status, by_label) = orch.get(&format!("/by-label?key={key}&value={value}")).await;
+    let (status, by_label) = orch
+        .get(&format!("/by-label?key={key}&value={value}"))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(by_label.as_array().unwrap().len(), 1);
 
@@ -118,7 +143,11 @@ async fn min_replicas_are_kept_free_and_empty_engines_go_after_the_grace_period(
     let (orch, _cleanup) = start(
         dir.path(),
         "21020-21039",
-        &[("MIN_REPLICAS", "1"), ("MAX_REPLICAS", "3"), ("ENGINE_GRACE_PERIOD_S", "2")],
+        &[
+            ("MIN_REPLICAS", "1"),
+            ("MAX_REPLICAS", "3"),
+            ("ENGINE_GRACE_PERIOD_S", "2"),
+        ],
     )
     .await;
     let first = wait_for("one free engine", secs(30.0), || async {
@@ -126,18 +155,38 @@ async fn min_replicas_are_kept_free_and_empty_engines_go_after_the_grace_period(
         (engines.len() == 1).then(|| engines[0].clone())
     })
     .await;
-    let port = first["labels"]["host.http_port"].as_str().unwrap().parse::<u16>().unwrap();
+    let port = first["labels"]["host.http_port"]
+        .as_str()
+        .unwrap()
+        .parse::<u16>()
+        .unwrap();
 
     // A stream takes the free engine: another one is started to stay at one free.
-    let (status, stream) = orch.post("/events/stream_started", common::started_event(port, "k", "s")).await;
+    let (status, stream) = orch
+        .post(
+            "/events/stream_started",
+            common::started_event(port, "k", "s"),
+        )
+        .await;
     assert_eq!(status, 200, "{stream}");
-    wait_for("a second engine", secs(30.0), || async { (docker_engines(&orch).await.len() == 2).then_some(()) }).await;
+    wait_for("a second engine", secs(30.0), || async {
+        (docker_engines(&orch).await.len() == 2).then_some(())
+    })
+    .await;
 
     // The stream ends: two free engines, one too many, but only after the grace period.
     let ended_at = Instant::now();
-    orch.post("/events/stream_ended", json!({ "stream_id": stream["id"] })).await;
-    wait_for("back to one engine", secs(30.0), || async { (docker_engines(&orch).await.len() == 1).then_some(()) }).await;
-    assert!(ended_at.elapsed() >= secs(2.0), "removed after {:?}, before the grace period", ended_at.elapsed());
+    orch.post("/events/stream_ended", json!({ "stream_id": stream["id"] }))
+        .await;
+    wait_for("back to one engine", secs(30.0), || async {
+        (docker_engines(&orch).await.len() == 1).then_some(())
+    })
+    .await;
+    assert!(
+        ended_at.elapsed() >= secs(2.0),
+        "removed after {:?}, before the grace period",
+        ended_at.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,8 +201,15 @@ async fn a_restart_adopts_running_containers_and_kills_nothing() {
     // A container started by hand with our label, before the restart.
     let label = orch.label();
     let by_hand = docker(&[
-        "run", "-d", "--label", &label, "-e", "CONF=--http-port=6878\n--bind-all",
-        "-p", "21059:6878", IMAGE,
+        "run",
+        "-d",
+        "--label",
+        &label,
+        "-e",
+        "CONF=--http-port=6878\n--bind-all",
+        "-p",
+        "21059:6878",
+        IMAGE,
     ]);
     assert!(!by_hand.is_empty());
 
@@ -161,11 +217,20 @@ async fn a_restart_adopts_running_containers_and_kills_nothing() {
     orch.restart().await;
     let ids: Vec<String> = wait_for("both containers adopted", secs(15.0), || async {
         let engines = docker_engines(&orch).await;
-        (engines.len() == 2).then(|| engines.iter().map(|e| e["container_id"].as_str().unwrap().to_owned()).collect())
+        (engines.len() == 2).then(|| {
+            engines
+                .iter()
+                .map(|e| e["container_id"].as_str().unwrap().to_owned())
+                .collect()
+        })
     })
     .await;
     assert!(ids.contains(&a) && ids.contains(&by_hand), "{ids:?}");
-    assert_eq!(docker(&["inspect", "-f", "{{.State.StartedAt}}", &a]), started_at, "not restarted");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.StartedAt}}", &a]),
+        started_at,
+        "not restarted"
+    );
     assert_eq!(cleanup.containers().len(), 2, "nothing was killed");
     // The adopted engine by hand is checked like any other.
     orch.wait_health(&by_hand, "healthy", secs(5.0)).await;
@@ -173,7 +238,12 @@ async fn a_restart_adopts_running_containers_and_kills_nothing() {
     let (status, c) = orch.post("/provision/acestream", json!({})).await;
     assert_eq!(status, 200, "{c}");
     assert_ne!(c["host_http_port"], 21059);
-    assert_ne!(c["host_http_port"].as_u64(), orch.engine(&a).await["labels"]["host.http_port"].as_str().and_then(|p| p.parse().ok()));
+    assert_ne!(
+        c["host_http_port"].as_u64(),
+        orch.engine(&a).await["labels"]["host.http_port"]
+            .as_str()
+            .and_then(|p| p.parse().ok())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,13 +254,19 @@ async fn a_container_removed_by_hand_leaves_the_registry() {
     assert_eq!(status, 200, "{engine}");
     let id = engine["container_id"].as_str().unwrap().to_owned();
     let port = engine["host_http_port"].as_u64().unwrap() as u16;
-    orch.post("/events/stream_started", common::started_event(port, "k", "s")).await;
+    orch.post(
+        "/events/stream_started",
+        common::started_event(port, "k", "s"),
+    )
+    .await;
 
     docker(&["rm", "-f", &id]);
     let removed_at = Instant::now();
-    wait_for("the engine to leave the registry", secs(2.0 + 2.0), || async {
-        (orch.get(&format!("/engines/{id}")).await.0 == 404).then_some(())
-    })
+    wait_for(
+        "the engine to leave the registry",
+        secs(2.0 + 2.0),
+        || async { (orch.get(&format!("/engines/{id}")).await.0 == 404).then_some(()) },
+    )
     .await;
     eprintln!("left the registry after {:?}", removed_at.elapsed());
     let (_, streams) = orch.get("/streams?status=ended").await;
@@ -214,26 +290,48 @@ async fn a_paused_engine_turns_unhealthy_and_is_replaced_after_the_grace_period(
     .await;
     let engines = wait_for("three healthy engines", secs(40.0), || async {
         let engines = docker_engines(&orch).await;
-        (engines.len() == 3 && engines.iter().all(|e| e["health_status"] == "healthy")).then_some(engines)
+        (engines.len() == 3 && engines.iter().all(|e| e["health_status"] == "healthy"))
+            .then_some(engines)
     })
     .await;
     let victim = engines[0]["container_id"].as_str().unwrap().to_owned();
-    let port = engines[0]["labels"]["host.http_port"].as_str().unwrap().parse::<u16>().unwrap();
-    orch.post("/events/stream_started", common::started_event(port, "k", "s")).await;
+    let port = engines[0]["labels"]["host.http_port"]
+        .as_str()
+        .unwrap()
+        .parse::<u16>()
+        .unwrap();
+    orch.post(
+        "/events/stream_started",
+        common::started_event(port, "k", "s"),
+    )
+    .await;
 
     docker(&["pause", &victim]);
     let paused = Instant::now();
-    orch.wait_health(&victim, "unhealthy", secs(0.5 + 0.5 + 1.5)).await;
+    orch.wait_health(&victim, "unhealthy", secs(0.5 + 0.5 + 1.5))
+        .await;
     eprintln!("unhealthy {:?} after docker pause", paused.elapsed());
 
     wait_for("the paused engine to be replaced", secs(30.0), || async {
         (orch.get(&format!("/engines/{victim}")).await.0 == 404).then_some(())
     })
     .await;
-    assert!(paused.elapsed() >= secs(2.0), "replaced before the grace period");
-    assert!(!cleanup.containers().contains(&victim), "the old container is removed");
+    assert!(
+        paused.elapsed() >= secs(2.0),
+        "replaced before the grace period"
+    );
+    assert!(
+        !cleanup.containers().contains(&victim),
+        "the old container is removed"
+    );
     let (_, ended) = orch.get("/streams?status=ended").await;
-    assert!(ended[0]["end_reason"].as_str().unwrap().contains("replaced"), "{ended}");
+    assert!(
+        ended[0]["end_reason"]
+            .as_str()
+            .unwrap()
+            .contains("replaced"),
+        "{ended}"
+    );
     // The pool is back to three, and the newcomer's history says whom it replaced.
     let engines = wait_for("three engines again", secs(30.0), || async {
         let engines = docker_engines(&orch).await;
@@ -242,11 +340,22 @@ async fn a_paused_engine_turns_unhealthy_and_is_replaced_after_the_grace_period(
     .await;
     let mut noted = false;
     for e in &engines {
-        let (_, history) = orch.get(&format!("/engines/{}/health", e["container_id"].as_str().unwrap())).await;
-        noted |= history["transitions"].as_array().unwrap().iter().any(|t| t["reason"].as_str().unwrap().contains(&victim));
+        let (_, history) = orch
+            .get(&format!(
+                "/engines/{}/health",
+                e["container_id"].as_str().unwrap()
+            ))
+            .await;
+        noted |= history["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["reason"].as_str().unwrap().contains(&victim));
     }
     assert!(noted, "a replacement is visible in the engine history");
-    assert!(orch.logs().contains("replacing an engine that stayed unhealthy"));
+    assert!(orch
+        .logs()
+        .contains("replacing an engine that stayed unhealthy"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,20 +375,30 @@ async fn when_most_engines_are_unhealthy_none_is_replaced() {
     .await;
     let engines = wait_for("two healthy engines", secs(40.0), || async {
         let engines = docker_engines(&orch).await;
-        (engines.len() == 2 && engines.iter().all(|e| e["health_status"] == "healthy")).then_some(engines)
+        (engines.len() == 2 && engines.iter().all(|e| e["health_status"] == "healthy"))
+            .then_some(engines)
     })
     .await;
-    let ids: Vec<String> = engines.iter().map(|e| e["container_id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = engines
+        .iter()
+        .map(|e| e["container_id"].as_str().unwrap().to_owned())
+        .collect();
     for id in &ids {
         docker(&["pause", id]);
     }
     wait_for("replacements to be suspended", secs(10.0), || async {
         let engines = docker_engines(&orch).await;
-        engines.iter().all(|e| e["replacement_suspended"] == true).then_some(())
+        engines
+            .iter()
+            .all(|e| e["replacement_suspended"] == true)
+            .then_some(())
     })
     .await;
     let (_, metrics) = orch.get("/metrics").await;
-    assert!(metrics.as_str().unwrap().contains("orch_replacement_suspended 1"));
+    assert!(metrics
+        .as_str()
+        .unwrap()
+        .contains("orch_replacement_suspended 1"));
     assert!(orch.logs().contains("suspecting a shared cause"));
     // Several monitor ticks later, the same two containers are still there.
     tokio::time::sleep(secs(3.0)).await;
@@ -297,10 +416,18 @@ async fn when_most_engines_are_unhealthy_none_is_replaced() {
 async fn daemon_errors_become_clear_api_errors() {
     let dir = tempfile::tempdir().unwrap();
     // A missing image.
-    let (orch, _c1) = start(dir.path(), "21120-21129", &[("TARGET_IMAGE", "no-such-image:1")]).await;
+    let (orch, _c1) = start(
+        dir.path(),
+        "21120-21129",
+        &[("TARGET_IMAGE", "no-such-image:1")],
+    )
+    .await;
     let (status, body) = orch.post("/provision/acestream", json!({})).await;
     assert_eq!(status, 503, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("no-such-image:1"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("no-such-image:1"),
+        "{body}"
+    );
     drop(orch);
 
     // MAX_REPLICAS reached, and an engine that never becomes ready.
@@ -312,13 +439,21 @@ async fn daemon_errors_become_clear_api_errors() {
     )
     .await;
     let (status, body) = orch
-        .post("/provision/acestream", json!({ "env": { "ENGINE_SIM_MODE": "hang" } }))
+        .post(
+            "/provision/acestream",
+            json!({ "env": { "ENGINE_SIM_MODE": "hang" } }),
+        )
         .await;
     assert_eq!(status, 504, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("did not answer"), "{body}");
-    wait_for("the unready container to be removed", secs(10.0), || async {
-        cleanup.containers().is_empty().then_some(())
-    })
+    assert!(
+        body["detail"].as_str().unwrap().contains("did not answer"),
+        "{body}"
+    );
+    wait_for(
+        "the unready container to be removed",
+        secs(10.0),
+        || async { cleanup.containers().is_empty().then_some(()) },
+    )
     .await;
     let (status, body) = orch.post("/provision/acestream", json!({})).await;
     assert_eq!(status, 200, "the slot and ports were freed: {body}");
@@ -335,10 +470,18 @@ async fn daemon_errors_become_clear_api_errors() {
 
     // The daemon unreachable: provisioning says so, everything else works.
     let dir = tempfile::tempdir().unwrap();
-    let (orch, _c3) = start(dir.path(), "21140-21149", &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")]).await;
+    let (orch, _c3) = start(
+        dir.path(),
+        "21140-21149",
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    )
+    .await;
     let (status, body) = orch.post("/provision/acestream", json!({})).await;
     assert_eq!(status, 503, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("unreachable"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("unreachable"),
+        "{body}"
+    );
     assert_eq!(orch.get("/engines").await.0, 200);
     let sim = common::Sim::start(1).await;
     let id = orch.register(sim.port()).await;
@@ -349,15 +492,24 @@ async fn daemon_errors_become_clear_api_errors() {
 async fn select_starts_an_engine_when_none_fits() {
     let dir = tempfile::tempdir().unwrap();
     let (orch, cleanup) = start(dir.path(), "21150-21169", &[("MAX_REPLICAS", "2")]).await;
-    let (status, body) = orch.post("/engines/select", json!({ "max_streams_per_engine": 1 })).await;
+    let (status, body) = orch
+        .post("/engines/select", json!({ "max_streams_per_engine": 1 }))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["engine"]["runtime"], "docker");
     assert_eq!(cleanup.containers().len(), 1);
-    let (status, _) = orch.post("/engines/select", json!({ "max_streams_per_engine": 1 })).await;
+    let (status, _) = orch
+        .post("/engines/select", json!({ "max_streams_per_engine": 1 }))
+        .await;
     assert_eq!(status, 200);
-    let (status, body) = orch.post("/engines/select", json!({ "max_streams_per_engine": 1 })).await;
+    let (status, body) = orch
+        .post("/engines/select", json!({ "max_streams_per_engine": 1 }))
+        .await;
     assert_eq!(status, 503, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("MAX_REPLICAS"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("MAX_REPLICAS"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,10 +518,19 @@ async fn generic_provisioning_runs_only_allowed_images() {
     let (orch, cleanup) = start(dir.path(), "21170-21179", &[]).await;
     // Default: only TARGET_IMAGE.
     let (status, body) = orch
-        .post("/provision", json!({ "image": "alpine:latest", "env": {}, "labels": {} }))
+        .post(
+            "/provision",
+            json!({ "image": "alpine:latest", "env": {}, "labels": {} }),
+        )
         .await;
     assert_eq!(status, 403, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("PROVISION_ALLOWED_IMAGES"), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("PROVISION_ALLOWED_IMAGES"),
+        "{body}"
+    );
     assert!(cleanup.containers().is_empty());
 
     let (status, body) = orch
@@ -384,13 +545,21 @@ async fn generic_provisioning_runs_only_allowed_images() {
     let (key, value) = label.split_once('=').unwrap();
     assert_eq!(body["container"]["labels"][key], value, "labelled as ours");
     assert_eq!(body["container"]["labels"]["role"], "x");
-    let privileged = docker(&["inspect", "-f", "{{.HostConfig.Privileged}} {{.HostConfig.NetworkMode}} {{len .Mounts}}", id]);
+    let privileged = docker(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.Privileged}} {{.HostConfig.NetworkMode}} {{len .Mounts}}",
+        id,
+    ]);
     let fields: Vec<&str> = privileged.split_whitespace().collect();
     assert_eq!(fields[0], "false", "not privileged");
     assert_ne!(fields[1], "host", "not on the host network");
     assert_eq!(fields[2], "0", "no mounts");
     let (_, metrics) = orch.get("/metrics").await;
-    assert!(metrics.as_str().unwrap().contains(r#"orch_provision_total{kind="generic"} 1"#));
+    assert!(metrics
+        .as_str()
+        .unwrap()
+        .contains(r#"orch_provision_total{kind="generic"} 1"#));
 }
 
 /// A Unix socket in front of the Docker daemon's, that the test can cut
@@ -414,7 +583,9 @@ impl SocketProxy {
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((mut client, _)) = listener.accept().await {
                 connections.spawn(async move {
-                    if let Ok(mut daemon) = tokio::net::UnixStream::connect("/var/run/docker.sock").await {
+                    if let Ok(mut daemon) =
+                        tokio::net::UnixStream::connect("/var/run/docker.sock").await
+                    {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut daemon).await;
                     }
                 });
@@ -439,7 +610,11 @@ async fn the_daemon_going_away_and_coming_back_is_survived() {
     let (orch, _cleanup) = start(
         dir.path(),
         "21180-21189",
-        &[("DOCKER_HOST", &docker_host), ("MONITOR_INTERVAL_S", "1"), ("HEALTH_CHECK_INTERVAL_S", "0.5")],
+        &[
+            ("DOCKER_HOST", &docker_host),
+            ("MONITOR_INTERVAL_S", "1"),
+            ("HEALTH_CHECK_INTERVAL_S", "0.5"),
+        ],
     )
     .await;
     let (status, a) = orch.post("/provision/acestream", json!({})).await;
@@ -449,23 +624,33 @@ async fn the_daemon_going_away_and_coming_back_is_survived() {
     proxy.cut();
     let (status, body) = orch.post("/provision/acestream", json!({})).await;
     assert_eq!(status, 503, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("unreachable"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("unreachable"),
+        "{body}"
+    );
     // The API and the health monitor go on without the daemon.
     let checked = orch.engine(&a).await["last_health_check"].clone();
     wait_for("a newer health check", secs(5.0), || async {
         let engine = orch.engine(&a).await;
-        (engine["last_health_check"] != checked && engine["health_status"] == "healthy").then_some(())
+        (engine["last_health_check"] != checked && engine["health_status"] == "healthy")
+            .then_some(())
     })
     .await;
     // Meanwhile the container goes away behind the orchestrator's back.
     docker(&["rm", "-f", &a]);
     tokio::time::sleep(secs(1.5)).await;
-    assert_eq!(orch.get(&format!("/engines/{a}")).await.0, 200, "unseen while the daemon is away");
+    assert_eq!(
+        orch.get(&format!("/engines/{a}")).await.0,
+        200,
+        "unseen while the daemon is away"
+    );
 
     proxy.restore();
-    wait_for("the resync after the daemon is back", secs(10.0), || async {
-        (orch.get(&format!("/engines/{a}")).await.0 == 404).then_some(())
-    })
+    wait_for(
+        "the resync after the daemon is back",
+        secs(10.0),
+        || async { (orch.get(&format!("/engines/{a}")).await.0 == 404).then_some(()) },
+    )
     .await;
     let (status, body) = orch.post("/provision/acestream", json!({})).await;
     assert_eq!(status, 200, "provisioning works again: {body}");

@@ -17,7 +17,12 @@ type Acked = Arc<Mutex<BTreeSet<String>>>;
 
 /// Workers that send `stream_started` events until the server goes away,
 /// recording the ids answered 2xx. Returns their handles.
-fn burst(orch: &Orch, round: usize, acked: &Acked, failures: &Arc<Mutex<Vec<u16>>>) -> Vec<tokio::task::JoinHandle<()>> {
+fn burst(
+    orch: &Orch,
+    round: usize,
+    acked: &Acked,
+    failures: &Arc<Mutex<Vec<u16>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..4)
         .map(|worker| {
             let client = reqwest::Client::new();
@@ -64,7 +69,9 @@ async fn kill_9_at_twenty_random_points_loses_no_acknowledged_event() {
         .unwrap()
         .subsec_nanos() as u64;
     for round in 0..20 {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let target = acked.lock().len() + 1 + (seed >> 33) as usize % 400;
         let workers = burst(&orch, round, &acked, &failures);
         wait_for("the kill point", Duration::from_secs(30), || async {
@@ -79,16 +86,30 @@ async fn kill_9_at_twenty_random_points_loses_no_acknowledged_event() {
         let stored = started_ids(&orch).await;
         let acked_now = acked.lock().clone();
         let lost: Vec<_> = acked_now.difference(&stored).collect();
-        assert!(lost.is_empty(), "round {round}: {} acknowledged events lost: {:?}", lost.len(), &lost[..lost.len().min(5)]);
+        assert!(
+            lost.is_empty(),
+            "round {round}: {} acknowledged events lost: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
     }
-    assert!(failures.lock().is_empty(), "non-2xx answers during bursts: {:?}", failures.lock());
+    assert!(
+        failures.lock().is_empty(),
+        "non-2xx answers during bursts: {:?}",
+        failures.lock()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_database_answers_503_keeps_reads_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let orch = Orch::start(dir.path(), &[]).await;
-    let (status, _) = orch.post("/events/stream_started", started_event(19_001, "before", "s")).await;
+    let (status, _) = orch
+        .post(
+            "/events/stream_started",
+            started_event(19_001, "before", "s"),
+        )
+        .await;
     assert_eq!(status, 200);
 
     // Another process holds the write lock (as a backup tool or a stuck
@@ -100,8 +121,16 @@ async fn a_locked_database_answers_503_keeps_reads_and_recovers() {
         let client = orch.client.clone();
         let url = orch.url("/events/stream_started");
         tokio::spawn(async move {
-            let r = client.post(url).json(&started_event(19_001, "during", "s")).send().await.unwrap();
-            (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+            let r = client
+                .post(url)
+                .json(&started_event(19_001, "during", "s"))
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
         })
     };
     // Reads answer at once while the write waits for the lock.
@@ -110,17 +139,31 @@ async fn a_locked_database_answers_503_keeps_reads_and_recovers() {
     let (status, engines) = orch.get("/engines").await;
     assert_eq!(status, 200);
     assert_eq!(engines.as_array().unwrap().len(), 1);
-    assert!(started.elapsed() < Duration::from_secs(1), "reads are not blocked by the lock");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "reads are not blocked by the lock"
+    );
 
     let (status, body) = writer.await.unwrap();
     assert_eq!(status, 503, "{body}");
     let detail = body["detail"].as_str().unwrap();
-    assert!(detail.contains("could not be saved") && detail.contains("locked"), "{detail}");
+    assert!(
+        detail.contains("could not be saved") && detail.contains("locked"),
+        "{detail}"
+    );
 
     locker.execute_batch("ROLLBACK").unwrap();
     drop(locker);
-    let (status, body) = orch.post("/events/stream_started", started_event(19_001, "after", "s")).await;
-    assert_eq!(status, 200, "recovers once the database is writable: {body}");
+    let (status, body) = orch
+        .post(
+            "/events/stream_started",
+            started_event(19_001, "after", "s"),
+        )
+        .await;
+    assert_eq!(
+        status, 200,
+        "recovers once the database is writable: {body}"
+    );
     assert!(!orch.logs().contains("panicked"));
 }
 
@@ -131,14 +174,21 @@ async fn sigterm_under_load_finishes_requests_and_exits_cleanly() {
     let acked: Acked = Arc::default();
     let failures = Arc::new(Mutex::new(Vec::new()));
     let workers = burst(&orch, 0, &acked, &failures);
-    wait_for("load", Duration::from_secs(20), || async { (acked.lock().len() >= 300).then_some(()) }).await;
+    wait_for("load", Duration::from_secs(20), || async {
+        (acked.lock().len() >= 300).then_some(())
+    })
+    .await;
     let (code, took) = orch.terminate().await;
     for w in workers {
         let _ = w.await;
     }
     assert_eq!(code, Some(0), "exit code");
     assert!(took < Duration::from_secs(5), "took {took:?}");
-    assert!(failures.lock().iter().all(|s| *s < 500), "5xx during shutdown: {:?}", failures.lock());
+    assert!(
+        failures.lock().iter().all(|s| *s < 500),
+        "5xx during shutdown: {:?}",
+        failures.lock()
+    );
 
     orch.restart().await;
     let stored = started_ids(&orch).await;

@@ -28,12 +28,18 @@ impl From<ProvisionError> for ApiError {
             // An image the caller chose is their mistake; TARGET_IMAGE is ours.
             ProvisionError::ImageNotFound(_) => ApiError::Unprocessable(message),
             ProvisionError::TargetImageMissing(_) => ApiError::Unavailable(message),
-            ProvisionError::NotReady { .. } => ApiError::Status(StatusCode::GATEWAY_TIMEOUT, message),
-            ProvisionError::NotManaged(..) | ProvisionError::ImageNotAllowed(..) => ApiError::Forbidden(message),
+            ProvisionError::NotReady { .. } => {
+                ApiError::Status(StatusCode::GATEWAY_TIMEOUT, message)
+            }
+            ProvisionError::NotManaged(..) | ProvisionError::ImageNotAllowed(..) => {
+                ApiError::Forbidden(message)
+            }
             ProvisionError::NotFound(_) => ApiError::NotFound(message),
             ProvisionError::Runtime(RuntimeError::NameConflict(_)) => ApiError::Conflict(message),
             ProvisionError::Runtime(RuntimeError::NotFound(_)) => ApiError::NotFound(message),
-            ProvisionError::Runtime(RuntimeError::Other(_)) => ApiError::Status(StatusCode::BAD_GATEWAY, message),
+            ProvisionError::Runtime(RuntimeError::Other(_)) => {
+                ApiError::Status(StatusCode::BAD_GATEWAY, message)
+            }
             ProvisionError::Runtime(_) => ApiError::Unavailable(message),
         }
     }
@@ -47,7 +53,10 @@ pub fn pool(state: &AppState) -> Result<&Arc<Pool>, ApiError> {
 }
 
 /// Parses an optional JSON body: empty means the default.
-fn optional_body<T: DeserializeOwned + Default>(body: Result<Bytes, BytesRejection>, shape: &str) -> Result<T, ApiError> {
+fn optional_body<T: DeserializeOwned + Default>(
+    body: Result<Bytes, BytesRejection>,
+    shape: &str,
+) -> Result<T, ApiError> {
     let body = body.map_err(ApiError::from)?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
@@ -133,11 +142,18 @@ pub async fn provision_generic(
             .parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| ApiError::Unprocessable(format!("ports: '{spec}' is not a TCP port like \"6878/tcp\"")))?;
+            .ok_or_else(|| {
+                ApiError::Unprocessable(format!(
+                    "ports: '{spec}' is not a TCP port like \"6878/tcp\""
+                ))
+            })?;
         let host_port = host
             .map(|h| super::engines::valid_port(&format!("ports.{spec}"), h))
             .transpose()?;
-        ports.push(PortMapping { container_port, host_port });
+        ports.push(PortMapping {
+            container_port,
+            host_port,
+        });
     }
     let pool = pool(&state)?;
     let info = pool
@@ -159,11 +175,16 @@ pub async fn inspect(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
 ) -> Result<Json<ContainerView>, ApiError> {
-    let info = pool(&state)?.inspect_managed(&id).await.map_err(|e| match e {
-        // Containers that are not ours are not shown at all.
-        ProvisionError::NotManaged(id, _) => ApiError::NotFound(format!("container '{id}' not found among managed containers")),
-        other => other.into(),
-    })?;
+    let info = pool(&state)?
+        .inspect_managed(&id)
+        .await
+        .map_err(|e| match e {
+            // Containers that are not ours are not shown at all.
+            ProvisionError::NotManaged(id, _) => ApiError::NotFound(format!(
+                "container '{id}' not found among managed containers"
+            )),
+            other => other.into(),
+        })?;
     Ok(Json(info.into()))
 }
 
@@ -175,7 +196,9 @@ pub async fn remove(
     let info = pool(&state)?
         .remove(&id, "container removed through the API")
         .await?;
-    Ok(Json(json!({ "deleted": true, "container_id": info.id, "container_name": info.name })))
+    Ok(Json(
+        json!({ "deleted": true, "container_id": info.id, "container_name": info.name }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -211,13 +234,23 @@ pub async fn scale(
     State(state): State<AppState>,
     AppPath(demand): AppPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let demand: u32 = demand
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("demand '{demand}' is not a whole number of engines")))?;
+    let text = demand;
+    let demand: u32 = match text.parse() {
+        Ok(n) => n,
+        // A whole number too large for u32 is still above MAX_REPLICAS (422), not "not a number".
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => u32::MAX,
+        Err(_) => {
+            return Err(ApiError::BadRequest(format!(
+                "demand '{text}' is not a whole number of engines"
+            )));
+        }
+    };
     let pool = pool(&state)?;
     let max = pool.settings.max_replicas;
     if demand > max {
-        return Err(ApiError::Unprocessable(format!("demand {demand} is above MAX_REPLICAS ({max})")));
+        return Err(ApiError::Unprocessable(format!(
+            "demand {text} is above MAX_REPLICAS ({max})"
+        )));
     }
     pool.set_demand(demand);
     Ok(Json(json!({
@@ -231,5 +264,7 @@ pub async fn scale(
 /// for their grace period.
 pub async fn gc(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let plan = pool(&state)?.autoscale_once(Some(0.0)).await;
-    Ok(Json(json!({ "removed": plan.remove, "provisioned": plan.provision })))
+    Ok(Json(
+        json!({ "removed": plan.remove, "provisioned": plan.provision }),
+    ))
 }

@@ -215,11 +215,12 @@ pub async fn select(
         }
     };
     let ttl = state.orch.settings.reservation_ttl_s;
-    let mut reservation = state
-        .orch
-        .registry
-        .write()
-        .select_and_reserve(max, ttl, Timestamp::now());
+    let mut reservation =
+        state
+            .orch
+            .registry
+            .write()
+            .select_and_reserve(max, ttl, Timestamp::now());
     // Nothing fits: start an engine when the pool may grow, then pick again
     // (another caller may take the new engine first; then the answer is 503).
     let mut provision_error = None;
@@ -227,11 +228,12 @@ pub async fn select(
         if let Some(pool) = &state.pool {
             match pool.provision_engine(Default::default()).await {
                 Ok(_) => {
-                    reservation = state
-                        .orch
-                        .registry
-                        .write()
-                        .select_and_reserve(max, ttl, Timestamp::now());
+                    reservation =
+                        state
+                            .orch
+                            .registry
+                            .write()
+                            .select_and_reserve(max, ttl, Timestamp::now());
                 }
                 Err(e) => provision_error = Some(e.to_string()),
             }

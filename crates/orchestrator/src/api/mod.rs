@@ -117,15 +117,14 @@ pub fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     if origins.is_empty() {
         return None;
     }
-    let allow = if origins.iter().any(|o| o.trim() == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(
-            origins
-                .iter()
-                .filter_map(|o| axum::http::HeaderValue::from_str(o.trim().trim_end_matches('/')).ok()),
-        )
-    };
+    let allow =
+        if origins.iter().any(|o| o.trim() == "*") {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(origins.iter().filter_map(|o| {
+                axum::http::HeaderValue::from_str(o.trim().trim_end_matches('/')).ok()
+            }))
+        };
     Some(
         CorsLayer::new()
             .allow_origin(allow)

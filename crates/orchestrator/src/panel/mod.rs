@@ -275,8 +275,7 @@ pub async fn events(State(state): State<AppState>) -> impl IntoResponse {
         snapshots(state.orch.clone()),
         state.shutdown.clone().cancelled_owned(),
     );
-    let sse = Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"));
+    let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"));
     // Reverse proxies such as nginx buffer responses unless told not to, which
     // would hold events back until the buffer fills.
     ([("x-accel-buffering", "no")], sse)
