@@ -1,1 +1,452 @@
-fn main() {}
+//! `bench`: runs the release orchestrator against many emulated engines (some
+//! of them hung) and measures what operators care about: how fresh the health
+//! verdicts are, how fast `GET /engines` answers, how much memory the
+//! orchestrator holds and how many events per second it takes in.
+//!
+//! ```sh
+//! cargo run --release -p bench                      # 1000 engines, 100 hung
+//! cargo run --release -p bench -- --engines 200 --hung 20 --duration 10 --ingest-seconds 5
+//! cargo run --release -p bench -- --json            # summary as JSON on stdout
+//! ```
+//!
+//! Progress goes to stderr, the summary to stdout. Exits 0 when the run
+//! completed (whether or not every target passed), non-zero when the harness
+//! itself failed. See docs/PERFORMANCE.md.
+
+mod phases;
+mod procs;
+mod report;
+mod sampler;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use tokio::time::Instant;
+
+use phases::{Expect, Expectations};
+use procs::{Orch, OrchSettings, Sim};
+use report::{Machine, RunConfig, Summary, Target};
+use sampler::{kb_to_mb, Sampler, Watched};
+
+/// Targets.
+const MAX_AGE_SLACK_S: f64 = 1.2;
+const ENGINES_P99_MS: f64 = 10.0;
+const PEAK_RSS_MB: f64 = 40.0;
+const INGEST_EVENTS_PER_S: f64 = 3000.0;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "bench",
+    about = "Benchmark the orchestrator against many emulated engines, some of them hung",
+    after_help = "Targets: max age of last_health_check <= interval + 1.2 s, GET /engines p99 <= 10 ms, \
+                  peak RSS <= 40 MiB, ingest >= 3000 events/s. Exit status 0 = the run completed \
+                  (read the PASS/FAIL column), non-zero = the harness failed."
+)]
+struct Args {
+    /// Engines in total (healthy + hung).
+    #[arg(long, default_value_t = 1000)]
+    engines: usize,
+
+    /// Of those, engines that accept connections and never answer.
+    #[arg(long, default_value_t = 100)]
+    hung: usize,
+
+    /// Seconds of the `GET /engines` sweep phase.
+    #[arg(long, default_value_t = 20.0)]
+    duration: f64,
+
+    /// Seconds of the event ingest phase.
+    #[arg(long, default_value_t = 10.0)]
+    ingest_seconds: f64,
+
+    /// HEALTH_CHECK_INTERVAL_S given to the orchestrator.
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
+
+    /// HEALTH_CHECK_TIMEOUT_S given to the orchestrator.
+    #[arg(long, default_value_t = 1.0)]
+    timeout: f64,
+
+    /// COLLECT_INTERVAL_S given to the orchestrator.
+    #[arg(long, default_value_t = 5.0)]
+    collect_interval: f64,
+
+    /// Milliseconds between two `GET /engines` in the sweep phase.
+    #[arg(long, default_value_t = 100)]
+    poll_ms: u64,
+
+    /// `POST /engines` requests in flight at once while registering.
+    #[arg(long, default_value_t = 32)]
+    register_concurrency: usize,
+
+    /// Seconds the warm-up may take before the run is abandoned.
+    #[arg(long, default_value_t = 60.0)]
+    warmup_timeout: f64,
+
+    /// The orchestrator binary (default: target/release/acestream-orchestrator).
+    #[arg(long, value_name = "PATH")]
+    orchestrator: Option<PathBuf>,
+
+    /// The engine emulator binary (default: target/release/acestream-engine-sim).
+    #[arg(long, value_name = "PATH")]
+    sim: Option<PathBuf>,
+
+    /// Do not run `cargo build --release` for the default binaries first.
+    #[arg(long)]
+    no_build: bool,
+
+    /// More environment for the orchestrator, KEY=VALUE (repeatable), e.g.
+    /// `--orch-env HEALTH_CHECK_CONCURRENCY=512`.
+    #[arg(long = "orch-env", value_name = "KEY=VALUE")]
+    orch_env: Vec<String>,
+
+    /// Print the summary as JSON on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            result = run(args) => Some(result),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    // Dropping the run future above killed the children (kill_on_drop) and
+    // removed the temporary directory.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        None => {
+            eprintln!("bench: interrupted; child processes stopped and temporary files removed");
+            ExitCode::from(130)
+        }
+        Some(Ok(())) => ExitCode::SUCCESS,
+        Some(Err(e)) => {
+            eprintln!("bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_env(pairs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    pairs
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+            _ => bail!("--orch-env '{pair}' is not KEY=VALUE"),
+        })
+        .collect()
+}
+
+/// Warns when the open-file limit looks too small for the fleet.
+fn check_fd_limit(engines: usize) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(soft) = soft {
+        if soft < engines * 2 + 256 {
+            eprintln!(
+                "bench: warning: the open-file limit is {soft}; {engines} engines need about {} \
+                 (raise it with `ulimit -n`)",
+                engines * 2 + 256
+            );
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let run_started = Instant::now();
+    if args.engines == 0 {
+        bail!("--engines must be 1 or more");
+    }
+    if args.hung >= args.engines {
+        bail!(
+            "--hung ({}) must be below --engines ({}): ingest needs a healthy engine",
+            args.hung,
+            args.engines
+        );
+    }
+    for (name, value) in [
+        ("--duration", args.duration),
+        ("--ingest-seconds", args.ingest_seconds),
+        ("--interval", args.interval),
+        ("--timeout", args.timeout),
+        ("--collect-interval", args.collect_interval),
+        ("--warmup-timeout", args.warmup_timeout),
+    ] {
+        if !value.is_finite() || value <= 0.0 {
+            bail!("{name} must be a number of seconds above 0");
+        }
+    }
+    let extra_env = parse_env(&args.orch_env)?;
+    check_fd_limit(args.engines);
+
+    // 1. Binaries.
+    let release = procs::release_dir();
+    let orch_bin = args
+        .orchestrator
+        .clone()
+        .unwrap_or_else(|| release.join("acestream-orchestrator"));
+    let sim_bin = args
+        .sim
+        .clone()
+        .unwrap_or_else(|| release.join("acestream-engine-sim"));
+    let uses_defaults = args.orchestrator.is_none() || args.sim.is_none();
+    if uses_defaults && !args.no_build {
+        tokio::task::spawn_blocking(procs::build_release)
+            .await
+            .context("the build task failed")??;
+    }
+    procs::require_binary(&orch_bin, "the orchestrator binary")?;
+    procs::require_binary(&sim_bin, "the engine emulator binary")?;
+
+    // 2. Engines.
+    let healthy_count = args.engines - args.hung;
+    eprintln!(
+        "bench: starting {healthy_count} healthy and {} hung emulated engines",
+        args.hung
+    );
+    let healthy_sim = Sim::start(&sim_bin, healthy_count, "healthy").await?;
+    let hung_sim = if args.hung > 0 {
+        Some(Sim::start(&sim_bin, args.hung, "hang").await?)
+    } else {
+        None
+    };
+    let mut expect = Expectations::new();
+    for &port in &healthy_sim.ports {
+        expect.insert(port, Expect::Healthy);
+    }
+    for &port in hung_sim.iter().flat_map(|s| s.ports.iter()) {
+        expect.insert(port, Expect::Hung);
+    }
+    if expect.len() != args.engines {
+        bail!("the emulators announced duplicate ports");
+    }
+
+    // 3. Orchestrator.
+    let dir = tempfile::Builder::new()
+        .prefix("orchestrator-bench-")
+        .tempdir_in("/tmp")
+        .context("cannot create a temporary directory in /tmp")?;
+    let settings = OrchSettings {
+        interval_s: args.interval,
+        timeout_s: args.timeout,
+        collect_interval_s: args.collect_interval,
+        extra_env,
+    };
+    let mut orch = Orch::start(&orch_bin, dir.path(), &settings).await?;
+    let orch_pid = orch.pid().context("the orchestrator has no pid")?;
+    eprintln!(
+        "bench: orchestrator pid {orch_pid} at {} (database in {})",
+        orch.base,
+        dir.path().display()
+    );
+    let load_average_at_start = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    let sims_pids = std::iter::once(&healthy_sim)
+        .chain(hung_sim.iter())
+        .filter_map(Sim::pid)
+        .collect();
+    let mut sampler = Sampler::start(Watched {
+        orchestrator: orch_pid,
+        sims: sims_pids,
+    });
+
+    let result = measure(&args, &mut orch, &mut sampler, &expect, &healthy_sim).await;
+    let result = match result {
+        Ok(parts) => Ok(parts),
+        Err(e) => match orch.check_alive() {
+            Err(dead) => Err(e.context(dead)),
+            Ok(()) => Err(e),
+        },
+    };
+    let peak = sampler.orchestrator_now();
+    let max_sampled_rss_kb = sampler.max_rss_kb();
+    let phase_usage = sampler.finish();
+    let warnings = orch.tail.warnings();
+
+    // Clean up before reporting.
+    orch.stop().await;
+    healthy_sim.stop().await;
+    if let Some(sim) = hung_sim {
+        sim.stop().await;
+    }
+    let dir_path = dir.path().to_path_buf();
+    dir.close()
+        .with_context(|| format!("cannot remove {}", dir_path.display()))?;
+
+    let parts = result?;
+    let peak_rss_mb = kb_to_mb(peak.map(|p| p.hwm_kb).unwrap_or(max_sampled_rss_kb));
+    let targets = vec![
+        Target::at_most(
+            "max age of last_health_check",
+            args.interval + MAX_AGE_SLACK_S,
+            parts.sweeps.max_age_s,
+            "s",
+        ),
+        Target::at_most(
+            "GET /engines p99 latency",
+            ENGINES_P99_MS,
+            parts.sweeps.latency.p99_ms,
+            "ms",
+        ),
+        Target::at_most(
+            "orchestrator peak RSS (VmHWM)",
+            PEAK_RSS_MB,
+            peak_rss_mb,
+            "MiB",
+        ),
+        Target::at_least(
+            "ingest rate (2xx events/s)",
+            INGEST_EVENTS_PER_S,
+            parts.ingest.events_per_s,
+            "events/s",
+        ),
+    ];
+    let summary = Summary {
+        config: RunConfig {
+            engines: args.engines,
+            hung: args.hung,
+            health_check_interval_s: args.interval,
+            health_check_timeout_s: args.timeout,
+            collect_interval_s: args.collect_interval,
+            sweep_duration_s: args.duration,
+            sweep_poll_ms: args.poll_ms,
+            ingest_seconds: args.ingest_seconds,
+            extra_orchestrator_env: args.orch_env.clone(),
+        },
+        machine: Machine::detect(),
+        register_seconds: parts.register.as_secs_f64(),
+        warm_up_seconds: parts.warm_up.as_secs_f64(),
+        sweeps: parts.sweeps,
+        ingest: parts.ingest,
+        max_age_after_ingest_s: parts.max_age_after_ingest,
+        peak_rss_mb,
+        max_sampled_rss_mb: kb_to_mb(max_sampled_rss_kb),
+        phases: phase_usage,
+        load_average_at_start,
+        orchestrator_warnings: warnings.len(),
+        orchestrator_warning_samples: warnings.into_iter().take(5).collect(),
+        all_pass: targets.iter().all(|t| t.pass),
+        targets,
+        total_seconds: run_started.elapsed().as_secs_f64(),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).context("cannot write the summary")?
+        );
+    } else {
+        report::print_table(&summary);
+    }
+    Ok(())
+}
+
+struct Measured {
+    register: Duration,
+    warm_up: Duration,
+    sweeps: phases::SweepResult,
+    ingest: phases::IngestResult,
+    max_age_after_ingest: Option<f64>,
+}
+
+async fn measure(
+    args: &Args,
+    orch: &mut Orch,
+    sampler: &mut Sampler,
+    expect: &Expectations,
+    healthy_sim: &Sim,
+) -> anyhow::Result<Measured> {
+    let client = phases::client()?;
+    let mut ports: Vec<u16> = expect.keys().copied().collect();
+    ports.sort_unstable();
+
+    // 4. Registration.
+    sampler.phase("register");
+    let register = phases::register(&client, &orch.base, &ports, args.register_concurrency).await?;
+    orch.check_alive()?;
+
+    // 5. Warm-up.
+    sampler.phase("warm-up");
+    let warm_up = phases::warm_up(
+        &client,
+        &orch.base,
+        expect,
+        Duration::from_secs_f64(args.warmup_timeout),
+    )
+    .await?;
+    orch.check_alive()?;
+
+    // 6. GET /engines sweeps; a fresh client, so that its one connection is
+    // the only thing it does.
+    eprintln!(
+        "bench: sweeps: GET /engines every {} ms for {}s",
+        args.poll_ms, args.duration
+    );
+    sampler.phase("sweeps");
+    let sweeps = phases::sweeps(
+        &phases::client()?,
+        &orch.base,
+        expect,
+        Duration::from_secs_f64(args.duration),
+        Duration::from_millis(args.poll_ms.max(1)),
+    )
+    .await?;
+    orch.check_alive()?;
+
+    // 7. Ingest.
+    eprintln!(
+        "bench: ingest: sequential stream_started (+ stream_ended for half) for {}s",
+        args.ingest_seconds
+    );
+    sampler.phase("ingest");
+    // One client, one connection, one request at a time: run it on its own
+    // single-threaded runtime so that the load generator's own cost per request
+    // (and cross-thread wake-ups in it) stays as small as it can be.
+    let ingest = {
+        let base = orch.base.clone();
+        let ports = healthy_sim.ports.clone();
+        let duration = Duration::from_secs_f64(args.ingest_seconds);
+        tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the ingest runtime")?;
+            runtime.block_on(async {
+                phases::ingest(&phases::client()?, &base, &ports, duration).await
+            })
+        })
+        .await
+        .context("the ingest task failed")??
+    };
+    sampler.end_phase();
+    orch.check_alive()?;
+    let max_age_after_ingest = phases::max_age_now(&client, &orch.base, expect).await.ok();
+    Ok(Measured {
+        register,
+        warm_up,
+        sweeps,
+        ingest,
+        max_age_after_ingest,
+    })
+}
