@@ -89,7 +89,7 @@ async fn poll(
 pub async fn collect_once(orch: &Orchestrator) -> usize {
     let targets = orch.registry.read().stat_targets();
     let timeout = orch.settings.health_timeout;
-    let concurrency = orch.settings.health_concurrency;
+    let concurrency = orch.settings.collect_concurrency;
     stream::iter(targets)
         .map(|target: StatTarget| async move {
             let started = Instant::now();

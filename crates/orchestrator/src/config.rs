@@ -181,9 +181,18 @@ pub struct Config {
         long,
         env = "HEALTH_CHECK_CONCURRENCY",
         value_name = "HEALTH_CHECK_CONCURRENCY",
-        default_value_t = 256
+        default_value_t = 128
     )]
     pub health_check_concurrency: usize,
+
+    /// stat_url polls running at once.
+    #[arg(
+        long,
+        env = "COLLECT_CONCURRENCY",
+        value_name = "COLLECT_CONCURRENCY",
+        default_value_t = 32
+    )]
+    pub collect_concurrency: usize,
 
     /// Health checks and transitions kept per engine for `GET /engines/{id}/health`.
     #[arg(
@@ -373,6 +382,9 @@ impl Config {
         }
         if self.health_check_concurrency == 0 {
             return Err(invalid("HEALTH_CHECK_CONCURRENCY", "must be 1 or more"));
+        }
+        if self.collect_concurrency == 0 {
+            return Err(invalid("COLLECT_CONCURRENCY", "must be 1 or more"));
         }
         if self.health_history_max == 0 {
             return Err(invalid("HEALTH_HISTORY_MAX", "must be 1 or more"));

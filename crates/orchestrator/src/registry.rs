@@ -570,7 +570,11 @@ impl Registry {
             check: check.clone(),
         });
         push_bounded(&mut entry.checks, check, history_max);
-        ops.push(WriteOp::UpsertEngine(Box::new(entry.engine.clone())));
+        // Only the health columns changed: a narrow update, not the whole row.
+        ops.push(WriteOp::EngineHealth {
+            engine_id: id.to_owned(),
+            health: entry.engine.health.clone(),
+        });
         Some((
             CheckRecorded {
                 engine_id: id.to_owned(),
@@ -820,19 +824,40 @@ impl Registry {
         list
     }
 
+    /// The started streams to poll, interleaved across engines (first stream of
+    /// each engine, then the second…) so that bounded concurrency spreads over
+    /// engines instead of piling onto one.
     pub fn stat_targets(&self) -> Vec<StatTarget> {
-        self.engines
+        let mut per_engine: Vec<Vec<StatTarget>> = self
+            .engines
             .values()
-            .flat_map(|entry| entry.active.iter())
-            .filter_map(|id| self.streams.get(id))
-            .filter_map(|s| {
-                s.stat_url.as_ref().map(|url| StatTarget {
-                    stream_id: s.id.clone(),
-                    engine_id: s.container_id.clone(),
-                    stat_url: url.clone(),
-                })
+            .map(|entry| {
+                entry
+                    .active
+                    .iter()
+                    .filter_map(|id| self.streams.get(id))
+                    .filter_map(|s| {
+                        s.stat_url.as_ref().map(|url| StatTarget {
+                            stream_id: s.id.clone(),
+                            engine_id: s.container_id.clone(),
+                            stat_url: url.clone(),
+                        })
+                    })
+                    .rev()
+                    .collect()
             })
-            .collect()
+            .collect();
+        let mut targets = Vec::with_capacity(per_engine.iter().map(Vec::len).sum());
+        while !per_engine.is_empty() {
+            per_engine.retain_mut(|list| match list.pop() {
+                Some(target) => {
+                    targets.push(target);
+                    true
+                }
+                None => false,
+            });
+        }
+        targets
     }
 
     /// Adds a snapshot to a stream that is still started.

@@ -26,6 +26,7 @@ pub struct Settings {
     pub health_interval: Duration,
     pub health_timeout: Duration,
     pub health_concurrency: usize,
+    pub collect_concurrency: usize,
     pub collect_interval: Duration,
     pub max_streams_per_engine: u32,
     pub reservation_ttl_s: f64,
@@ -38,6 +39,7 @@ impl Settings {
             health_interval: config.health_interval(),
             health_timeout: config.health_timeout(),
             health_concurrency: config.health_check_concurrency,
+            collect_concurrency: config.collect_concurrency,
             collect_interval: config.collect_interval(),
             max_streams_per_engine: config.max_streams_per_engine,
             reservation_ttl_s: config.select_reservation_ttl_s,
@@ -81,7 +83,11 @@ impl Orchestrator {
             // Engines are plain HTTP on a LAN; never follow a redirect elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(settings.health_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
+            // No idle keep-alive connections: with 1,000 engines they would hold
+            // ~20 MB of buffers and a descriptor each, and a fresh connection per
+            // probe also proves the engine still accepts connections. Loopback
+            // or LAN connects cost microseconds.
+            .pool_max_idle_per_host(0)
             .build()
             .unwrap_or_default();
         let orch = Self {

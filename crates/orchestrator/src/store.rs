@@ -53,6 +53,11 @@ pub enum StoreError {
 pub enum WriteOp {
     UpsertEngine(Box<Engine>),
     DeleteEngine(String),
+    /// The health columns of a known engine (the hot path of every check).
+    EngineHealth {
+        engine_id: String,
+        health: EngineHealth,
+    },
     UpsertStream(Box<Stream>),
     StatSnapshot {
         stream_id: String,
@@ -311,6 +316,26 @@ fn apply(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
                 e.usage.streams_total as i64,
                 e.usage.busy_ms_closed,
                 e.usage.busy_since.map(Timestamp::millis),
+            ])?;
+        }
+        WriteOp::EngineHealth {
+            engine_id,
+            health: h,
+        } => {
+            tx.prepare_cached(
+                "UPDATE engines SET health_status = ?2, last_health_check = ?3,
+                    health_since = ?4, consecutive_failures = ?5, last_health_error = ?6,
+                    last_latency_ms = ?7
+                 WHERE container_id = ?1",
+            )?
+            .execute(params![
+                engine_id,
+                h.status.as_str(),
+                h.last_check.map(Timestamp::millis),
+                h.status_since.map(Timestamp::millis),
+                h.consecutive_failures,
+                h.last_error,
+                h.last_latency_ms,
             ])?;
         }
         WriteOp::DeleteEngine(id) => {

@@ -109,6 +109,7 @@ async fn in_process(peer: SocketAddr) -> axum::Router {
         health_interval: std::time::Duration::from_secs(30),
         health_timeout: std::time::Duration::from_secs(1),
         health_concurrency: 4,
+        collect_concurrency: 4,
         collect_interval: std::time::Duration::from_secs(5),
         max_streams_per_engine: 2,
         reservation_ttl_s: 30.0,
