@@ -18,7 +18,7 @@ use crate::registry::Registry;
 use crate::runtime::DockerRuntime;
 use crate::service::{Orchestrator, Settings};
 use crate::store::Store;
-use crate::{collector, health};
+use crate::{collector, health, serve};
 
 /// How long in-flight requests get to finish after a shutdown signal. The
 /// whole shutdown must stay under 5 s.
@@ -26,6 +26,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct App {
     listener: TcpListener,
+    header_timeout: Duration,
     cors_origins: Vec<String>,
     orch: Arc<Orchestrator>,
     pool: Arc<Pool>,
@@ -60,6 +61,7 @@ impl App {
         }
         Ok(App {
             listener,
+            header_timeout: Duration::from_secs_f64(config.http_header_timeout_s),
             cors_origins: config.cors_allow_origins.clone(),
             orch,
             pool,
@@ -117,20 +119,22 @@ impl App {
             Some(cors) => router.layer(cors),
             None => router,
         };
-        let server = axum::serve(
+        let server = tokio::spawn(serve::serve(
             self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let server = tokio::spawn(async move { server.await });
+            router,
+            self.header_timeout,
+            shutdown.clone(),
+            DRAIN_TIMEOUT,
+        ));
 
         shutdown.cancelled().await;
         tracing::info!("shutting down");
-        match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => tracing::warn!(%error, "server stopped with an error"),
-            Ok(Err(error)) => tracing::warn!(%error, "server task failed"),
-            Err(_) => tracing::warn!("requests still open after {DRAIN_TIMEOUT:?}; closing them"),
+        match server.await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("requests still open after {DRAIN_TIMEOUT:?}; closing them")
+            }
+            Err(error) => tracing::warn!(%error, "server task failed"),
         }
         if tokio::time::timeout(Duration::from_secs(1), tasks.wait())
             .await

@@ -159,6 +159,10 @@ pub struct Config {
     )]
     pub db_url: String,
 
+    /// Seconds a client has to send a request's headers (slow clients are cut off).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_S", value_name = "HTTP_HEADER_TIMEOUT_S", default_value = "10", value_parser = parse_seconds)]
+    pub http_header_timeout_s: f64,
+
     /// Seconds between two health sweeps.
     #[arg(long, env = "HEALTH_CHECK_INTERVAL_S", value_name = "HEALTH_CHECK_INTERVAL_S", default_value = "30", value_parser = parse_seconds)]
     pub health_check_interval_s: f64,

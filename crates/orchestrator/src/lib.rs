@@ -16,6 +16,7 @@ pub mod ports;
 pub mod registry;
 pub mod runtime;
 pub mod select;
+pub mod serve;
 pub mod service;
 pub mod store;
 pub mod time;

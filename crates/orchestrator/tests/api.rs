@@ -511,3 +511,55 @@ async fn an_open_dashboard_stream_does_not_hold_up_shutdown() {
     );
     assert!(!orch.logs().contains("requests still open"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_huge_request_heads_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let orch = Orch::start(dir.path(), &[("HTTP_HEADER_TIMEOUT_S", "1")]).await;
+    let addr = orch.base.trim_start_matches("http://").to_owned();
+
+    // Slowloris: half a request head, then nothing. The server hangs up.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /engines HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a slow client still holds its connection after 5 s"
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "cut off too early"
+    );
+
+    // Headers over 32 KiB: 431 with a detail; far over hyper's own limit the
+    // connection is refused. Neither crashes anything.
+    let response = orch
+        .client
+        .get(orch.url("/engines"))
+        .header("x-filler", "a".repeat(100 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("headers"));
+    let huge = orch
+        .client
+        .get(orch.url("/engines"))
+        .header("x-filler", "a".repeat(2 * 1024 * 1024))
+        .send()
+        .await;
+    if let Ok(response) = huge {
+        assert!(response.status().is_client_error(), "{}", response.status());
+    }
+    assert_eq!(orch.get("/engines").await.0, 200);
+}

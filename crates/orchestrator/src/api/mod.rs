@@ -133,6 +133,28 @@ pub fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
+/// Largest total size of a request's headers; hyper itself stops reading a
+/// request head at about 400 KiB.
+pub const HEADERS_LIMIT: usize = 32 * 1024;
+
+async fn limit_headers(
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    let size: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size > HEADERS_LIMIT {
+        return Err(ApiError::Status(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("request headers are {size} bytes, above the limit of {HEADERS_LIMIT}"),
+        ));
+    }
+    Ok(next.run(request).await)
+}
+
 pub fn router(state: AppState) -> Router {
     // Routes that share a path but differ in protection (GET /engines is open,
     // POST /engines is not) are merged by axum per method.
@@ -150,6 +172,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(limit_headers))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &axum::http::Request<_>| {
