@@ -36,6 +36,9 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// Longest `detail` sent back, in bytes.
+const MAX_DETAIL: usize = 512;
+
 #[derive(Serialize)]
 struct Detail<'a> {
     detail: &'a str,
@@ -59,6 +62,18 @@ impl IntoResponse for ApiError {
                     "internal error; see the orchestrator's log",
                 )
             }
+        };
+        // Details quote client input (ids, URLs); keep a 10 KB id from coming back whole.
+        let shortened;
+        let detail = if detail.len() > MAX_DETAIL {
+            let mut end = MAX_DETAIL;
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            shortened = format!("{}…", &detail[..end]);
+            shortened.as_str()
+        } else {
+            detail
         };
         let mut response = (status, Json(Detail { detail })).into_response();
         if status == StatusCode::UNAUTHORIZED {
