@@ -7,12 +7,15 @@
 //! cargo run --release -p bench                      # 1000 engines, 100 hung
 //! cargo run --release -p bench -- --engines 200 --hung 20 --duration 10 --ingest-seconds 5
 //! cargo run --release -p bench -- --json            # summary as JSON on stdout
+//! cargo run --release -p bench -- --load            # 200 clients, mixed routes, 60 s
+//! cargo run --release -p bench -- --soak-seconds 600  # the same mix for 10 min, RSS series
 //! ```
 //!
 //! Progress goes to stderr, the summary to stdout. Exits 0 when the run
 //! completed (whether or not every target passed), non-zero when the harness
 //! itself failed. See docs/PERFORMANCE.md.
 
+mod load;
 mod phases;
 mod procs;
 mod report;
@@ -106,6 +109,45 @@ struct Args {
     /// Print the summary as JSON on stdout instead of a table.
     #[arg(long)]
     json: bool,
+
+    /// Load mode instead of the default phases: after register and warm-up,
+    /// `--clients` concurrent keep-alive clients loop over 40 % GET /engines,
+    /// 20 % POST /engines/select, 20 % stream_started, 20 % stream_ended.
+    #[arg(long)]
+    load: bool,
+
+    /// Seconds of the load mode.
+    #[arg(long, default_value_t = 60.0)]
+    load_seconds: f64,
+
+    /// Soak: the load mode for this many seconds (overrides --load-seconds),
+    /// with the check end RSS <= RSS at 60 s + --rss-tolerance.
+    #[arg(long)]
+    soak_seconds: Option<f64>,
+
+    /// Concurrent clients in the load mode.
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+
+    /// In the load mode, "RSS after warm-up" is the RSS this long into the load
+    /// (with 200 clients and 1,000 engines RSS levels off after about 20 s).
+    #[arg(long, default_value_t = 20.0)]
+    load_warmup_seconds: f64,
+
+    /// Allowed RSS growth (fraction) for the no-growth checks of the load mode.
+    #[arg(long, default_value_t = 0.10)]
+    rss_tolerance: f64,
+}
+
+impl Args {
+    /// Seconds of load when the load (or soak) mode is on.
+    fn load_mode_seconds(&self) -> Option<f64> {
+        self.soak_seconds.or(if self.load {
+            Some(self.load_seconds)
+        } else {
+            None
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -192,6 +234,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ("--timeout", args.timeout),
         ("--collect-interval", args.collect_interval),
         ("--warmup-timeout", args.warmup_timeout),
+        ("--load-seconds", args.load_seconds),
+        ("--soak-seconds", args.soak_seconds.unwrap_or(1.0)),
+        ("--load-warmup-seconds", args.load_warmup_seconds),
     ] {
         if !value.is_finite() || value <= 0.0 {
             bail!("{name} must be a number of seconds above 0");
@@ -272,7 +317,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sims: sims_pids,
     });
 
-    let result = measure(&args, &mut orch, &mut sampler, &expect, &healthy_sim).await;
+    let result = match args.load_mode_seconds() {
+        Some(seconds) => {
+            measure_load(
+                &args,
+                seconds,
+                &mut orch,
+                &mut sampler,
+                &expect,
+                &healthy_sim,
+            )
+            .await
+        }
+        None => measure(&args, &mut orch, &mut sampler, &expect, &healthy_sim)
+            .await
+            .map(|m| Parts::Default(Box::new(m))),
+    };
     let result = match result {
         Ok(parts) => Ok(parts),
         Err(e) => match orch.check_alive() {
@@ -295,7 +355,44 @@ async fn run(args: Args) -> anyhow::Result<()> {
     dir.close()
         .with_context(|| format!("cannot remove {}", dir_path.display()))?;
 
-    let parts = result?;
+    let parts = match result? {
+        Parts::Default(parts) => *parts,
+        Parts::Load {
+            register,
+            warm_up,
+            load,
+        } => {
+            let peak_rss_mb = kb_to_mb(peak.map(|p| p.hwm_kb).unwrap_or(max_sampled_rss_kb));
+            let load_phase = phase_usage.iter().find(|p| p.phase == "load").cloned();
+            let summary = LoadSummary {
+                engines: args.engines,
+                hung: args.hung,
+                health_check_interval_s: args.interval,
+                health_check_timeout_s: args.timeout,
+                collect_interval_s: args.collect_interval,
+                extra_orchestrator_env: args.orch_env.clone(),
+                machine: Machine::detect(),
+                register_seconds: register.as_secs_f64(),
+                warm_up_seconds: warm_up.as_secs_f64(),
+                load,
+                peak_rss_vmhwm_mb: peak_rss_mb,
+                phases: phase_usage,
+                load_average_at_start,
+                orchestrator_warnings: warnings.len(),
+                orchestrator_warning_samples: warnings.into_iter().take(5).collect(),
+                total_seconds: run_started.elapsed().as_secs_f64(),
+            };
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&summary).context("cannot write the summary")?
+                );
+            } else {
+                print_load_summary(&summary, load_phase.as_ref());
+            }
+            return Ok(());
+        }
+    };
     let peak_rss_mb = kb_to_mb(peak.map(|p| p.hwm_kb).unwrap_or(max_sampled_rss_kb));
     let targets = vec![
         Target::at_most(
@@ -360,6 +457,119 @@ async fn run(args: Args) -> anyhow::Result<()> {
         report::print_table(&summary);
     }
     Ok(())
+}
+
+enum Parts {
+    Default(Box<Measured>),
+    Load {
+        register: Duration,
+        warm_up: Duration,
+        load: load::LoadResult,
+    },
+}
+
+#[derive(serde::Serialize)]
+struct LoadSummary {
+    engines: usize,
+    hung: usize,
+    health_check_interval_s: f64,
+    health_check_timeout_s: f64,
+    collect_interval_s: f64,
+    extra_orchestrator_env: Vec<String>,
+    machine: Machine,
+    register_seconds: f64,
+    warm_up_seconds: f64,
+    load: load::LoadResult,
+    /// The orchestrator's VmHWM at the end of the run (register and warm-up included).
+    peak_rss_vmhwm_mb: f64,
+    phases: Vec<sampler::PhaseUsage>,
+    load_average_at_start: Option<String>,
+    orchestrator_warnings: usize,
+    orchestrator_warning_samples: Vec<String>,
+    total_seconds: f64,
+}
+
+fn print_load_summary(s: &LoadSummary, load_phase: Option<&sampler::PhaseUsage>) {
+    println!(
+        "{} engines ({} hung), HEALTH_CHECK_INTERVAL_S={} HEALTH_CHECK_TIMEOUT_S={} COLLECT_INTERVAL_S={}; \
+         register {:.1}s, warm-up {:.1}s; load average at start {}",
+        s.engines,
+        s.hung,
+        s.health_check_interval_s,
+        s.health_check_timeout_s,
+        s.collect_interval_s,
+        s.register_seconds,
+        s.warm_up_seconds,
+        s.load_average_at_start.as_deref().unwrap_or("?")
+    );
+    load::print(&s.load);
+    println!(
+        "orchestrator peak RSS (VmHWM, whole run) {:.1} MiB",
+        s.peak_rss_vmhwm_mb
+    );
+    if let Some(p) = load_phase {
+        println!(
+            "average CPU over the load, % of one core: orchestrator {:.1}, emulators {:.1}, bench (clients) {:.1}, other {:.1}",
+            p.orchestrator_cpu_percent, p.sims_cpu_percent, p.bench_cpu_percent, p.other_cpu_percent
+        );
+    }
+    println!(
+        "orchestrator warnings: {}{}",
+        s.orchestrator_warnings,
+        s.orchestrator_warning_samples
+            .first()
+            .map(|w| format!(" (first: {w})"))
+            .unwrap_or_default()
+    );
+}
+
+/// Register, warm up, then the load mode for `seconds`.
+async fn measure_load(
+    args: &Args,
+    seconds: f64,
+    orch: &mut Orch,
+    sampler: &mut Sampler,
+    expect: &Expectations,
+    healthy_sim: &Sim,
+) -> anyhow::Result<Parts> {
+    let client = phases::client()?;
+    let mut ports: Vec<u16> = expect.keys().copied().collect();
+    ports.sort_unstable();
+    sampler.phase("register");
+    let register = phases::register(&client, &orch.base, &ports, args.register_concurrency).await?;
+    orch.check_alive()?;
+    sampler.phase("warm-up");
+    let warm_up = phases::warm_up(
+        &client,
+        &orch.base,
+        expect,
+        Duration::from_secs_f64(args.warmup_timeout),
+    )
+    .await?;
+    orch.check_alive()?;
+    eprintln!(
+        "bench: load: {} clients for {seconds}s (40 % GET /engines, 20 % select, 20 % stream_started, 20 % stream_ended)",
+        args.clients
+    );
+    sampler.phase("load");
+    let cfg = load::LoadConfig {
+        clients: args.clients.max(1),
+        duration: Duration::from_secs_f64(seconds),
+        warmup: Duration::from_secs_f64(args.load_warmup_seconds),
+        sample_every: Duration::from_secs(10),
+        soak_reference: Duration::from_secs(60),
+        tolerance: args.rss_tolerance,
+        healthy_ports: healthy_sim.ports.clone(),
+    };
+    let pid = orch.pid().context("the orchestrator has no pid")?;
+    let load = load::run(&orch.base, pid, &cfg).await?;
+    sampler.end_phase();
+    orch.check_alive()?;
+    Ok(Parts::Load {
+        register,
+        warm_up,
+        load,
+    })
 }
 
 struct Measured {
