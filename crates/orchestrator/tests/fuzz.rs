@@ -301,8 +301,11 @@ async fn schemathesis_finds_nothing() {
          error_is_json_detail",
         "--max-examples",
         &examples,
+        // One worker: with two, CPython 3.11 sometimes fails inside
+        // schemathesis itself ("SystemError: AST constructor recursion depth
+        // mismatch", a thread race in its compiler), which is not our finding.
         "--workers",
-        "2",
+        "1",
         "--request-timeout",
         "10",
         "--generation-database",

@@ -183,6 +183,9 @@ pub fn router(state: AppState) -> Router {
                         .unwrap_or_else(|| "unmatched".into());
                     tracing::debug_span!("http", method = %request.method(), route)
                 })
+                // A 5xx is either an expected condition (503: nothing fits, no
+                // runtime) or an internal error that ApiError already logged.
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
                 .on_response(
                     |response: &axum::http::Response<_>, latency: Duration, _: &tracing::Span| {
                         tracing::debug!(
