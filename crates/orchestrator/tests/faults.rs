@@ -201,3 +201,79 @@ async fn sigterm_under_load_finishes_requests_and_exits_cleanly() {
         .unwrap();
     assert_eq!(check, "ok");
 }
+
+/// Makes files immutable (`chattr +i`: even root cannot write them) until dropped.
+struct Immutable(Vec<std::path::PathBuf>);
+
+impl Immutable {
+    fn set(paths: Vec<std::path::PathBuf>) -> Self {
+        for path in &paths {
+            let status = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(path)
+                .status()
+                .expect("chattr (e2fsprogs)");
+            assert!(
+                status.success(),
+                "chattr +i {} failed: the test needs a filesystem with file attributes",
+                path.display()
+            );
+        }
+        Immutable(paths)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(path)
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_database_answers_503_keeps_reads_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let orch = Orch::start(dir.path(), &[("HEALTH_CHECK_INTERVAL_S", "60")]).await;
+    let (status, _) = orch
+        .post(
+            "/events/stream_started",
+            started_event(19_001, "before", "s"),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let mut wal = orch.db.clone().into_os_string();
+    wal.push("-wal");
+    let guard = Immutable::set(vec![orch.db.clone(), wal.into()]);
+    let (status, body) = orch
+        .post(
+            "/events/stream_started",
+            started_event(19_001, "during", "s"),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("could not be saved"),
+        "{body}"
+    );
+    let (status, engines) = orch.get("/engines").await;
+    assert_eq!(status, 200, "reads keep working");
+    assert_eq!(engines.as_array().unwrap().len(), 1);
+
+    drop(guard);
+    let (status, body) = orch
+        .post(
+            "/events/stream_started",
+            started_event(19_001, "after", "s"),
+        )
+        .await;
+    assert_eq!(status, 200, "recovers once the file is writable: {body}");
+    assert!(!orch.logs().contains("panicked"));
+}
