@@ -196,7 +196,10 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Another process holding the lock (a backup, a sqlite3 shell) gets this
+    // long; then the write fails and the API says 503 instead of hanging.
+    // Writes queued meanwhile wait for the next attempt, so keep it short.
+    conn.busy_timeout(std::time::Duration::from_secs(2))?;
     Ok(())
 }
 

@@ -103,7 +103,7 @@ async fn kill_9_at_twenty_random_points_loses_no_acknowledged_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_database_answers_503_keeps_reads_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let orch = Orch::start(dir.path(), &[]).await;
+    let orch = Orch::start(dir.path(), &[("HEALTH_CHECK_INTERVAL_S", "60")]).await;
     let (status, _) = orch
         .post(
             "/events/stream_started",
