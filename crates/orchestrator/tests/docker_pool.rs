@@ -34,7 +34,10 @@ async fn start(dir: &std::path::Path, ports: &str, extra: &[(&str, &str)]) -> (O
     ];
     env.extend_from_slice(extra);
     let orch = Orch::start(dir, &env).await;
-    let cleanup = LabelCleanup(orch.label());
+    let cleanup = LabelCleanup {
+        label: orch.label(),
+        pid: orch.pid(),
+    };
     (orch, cleanup)
 }
 
@@ -192,7 +195,7 @@ async fn min_replicas_are_kept_free_and_empty_engines_go_after_the_grace_period(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_adopts_running_containers_and_kills_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut orch, cleanup) = start(dir.path(), "21040-21059", &[]).await;
+    let (mut orch, mut cleanup) = start(dir.path(), "21040-21059", &[]).await;
     let (status, a) = orch.post("/provision/acestream", json!({})).await;
     assert_eq!(status, 200, "{a}");
     let a = a["container_id"].as_str().unwrap().to_owned();
@@ -215,6 +218,7 @@ async fn a_restart_adopts_running_containers_and_kills_nothing() {
 
     orch.terminate().await;
     orch.restart().await;
+    cleanup.pid = orch.pid();
     let ids: Vec<String> = wait_for("both containers adopted", secs(15.0), || async {
         let engines = docker_engines(&orch).await;
         (engines.len() == 2).then(|| {
@@ -368,7 +372,9 @@ async fn when_most_engines_are_unhealthy_none_is_replaced() {
             ("MIN_REPLICAS", "2"),
             ("HEALTH_CHECK_INTERVAL_S", "0.5"),
             ("HEALTH_CHECK_TIMEOUT_S", "0.5"),
-            ("HEALTH_UNHEALTHY_GRACE_PERIOD_S", "0"),
+            // Long enough to pause both before the first one is overdue;
+            // then the shared-cause guard alone must hold replacements back.
+            ("HEALTH_UNHEALTHY_GRACE_PERIOD_S", "2"),
             ("HEALTH_REPLACEMENT_COOLDOWN_S", "0"),
         ],
     )
@@ -400,8 +406,9 @@ async fn when_most_engines_are_unhealthy_none_is_replaced() {
         .unwrap()
         .contains("orch_replacement_suspended 1"));
     assert!(orch.logs().contains("suspecting a shared cause"));
-    // Several monitor ticks later, the same two containers are still there.
-    tokio::time::sleep(secs(3.0)).await;
+    // Past the grace period and several monitor ticks later, the same two
+    // containers are still there.
+    tokio::time::sleep(secs(4.0)).await;
     let mut now = cleanup.containers();
     now.sort();
     let mut before = ids.clone();

@@ -260,6 +260,11 @@ impl Orch {
         self.child = Some(child);
     }
 
+    /// The process id of the running orchestrator.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// The `CONTAINER_LABEL` this orchestrator manages.
     pub fn label(&self) -> String {
         self.env
@@ -418,7 +423,12 @@ pub fn docker(args: &[&str]) -> String {
 }
 
 /// Removes every container carrying `label` when dropped, whatever happened.
-pub struct LabelCleanup(pub String);
+/// It first kills the orchestrator that manages them (`pid`), which would
+/// otherwise start new ones (MIN_REPLICAS, replacements) after the cleanup.
+pub struct LabelCleanup {
+    pub label: String,
+    pub pid: Option<u32>,
+}
 
 impl LabelCleanup {
     pub fn containers(&self) -> Vec<String> {
@@ -427,21 +437,33 @@ impl LabelCleanup {
             "-aq",
             "--no-trunc",
             "--filter",
-            &format!("label={}", self.0),
+            &format!("label={}", self.label),
         ])
         .lines()
         .map(str::to_owned)
         .collect()
     }
-}
 
-impl Drop for LabelCleanup {
-    fn drop(&mut self) {
+    fn remove_all(&self) {
         let ids = self.containers();
         if !ids.is_empty() {
             let mut args = vec!["rm", "-f"];
             args.extend(ids.iter().map(String::as_str));
             docker(&args);
         }
+    }
+}
+
+impl Drop for LabelCleanup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+            self.remove_all();
+            // A create the orchestrator sent just before it died may still land.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        self.remove_all();
     }
 }
