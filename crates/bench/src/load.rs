@@ -351,17 +351,7 @@ async fn client_loop(
                     ((n as u64) << 40 | seq).wrapping_mul(0x9E37_79B9_7F4A_7C15)
                 );
                 let session = format!("load-session-{n}-{seq}");
-                let mut event = json!({
-                    "engine": { "host": "127.0.0.1", "port": port },
-                    "stream": { "key_type": "infohash", "key": key },
-                    "session": {
-                        "playback_session_id": session,
-                        "stat_url": format!("http://127.0.0.1:{port}/ace/stat/{key}/{session}"),
-                        "command_url": format!("http://127.0.0.1:{port}/ace/cmd/{key}/{session}"),
-                        "is_live": 1
-                    },
-                    "labels": { "stream_id": id }
-                });
+                let mut event = crate::phases::started_event(port, &key, &session, &id);
                 if let Some(rid) = reservation_id {
                     event["reservation_id"] = json!(rid);
                 }

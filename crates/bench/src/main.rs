@@ -523,15 +523,14 @@ fn print_load_summary(s: &LoadSummary, load_phase: Option<&sampler::PhaseUsage>)
     );
 }
 
-/// Register, warm up, then the load mode for `seconds`.
-async fn measure_load(
+/// Registers every engine, then waits until each has the status it should
+/// have (healthy, or unhealthy for the hung ones). Both phases are timed.
+async fn register_and_warm_up(
     args: &Args,
-    seconds: f64,
     orch: &mut Orch,
     sampler: &mut Sampler,
     expect: &Expectations,
-    healthy_sim: &Sim,
-) -> anyhow::Result<Parts> {
+) -> anyhow::Result<(Duration, Duration)> {
     let client = phases::client()?;
     let mut ports: Vec<u16> = expect.keys().copied().collect();
     ports.sort_unstable();
@@ -547,6 +546,19 @@ async fn measure_load(
     )
     .await?;
     orch.check_alive()?;
+    Ok((register, warm_up))
+}
+
+/// Register, warm up, then the load mode for `seconds`.
+async fn measure_load(
+    args: &Args,
+    seconds: f64,
+    orch: &mut Orch,
+    sampler: &mut Sampler,
+    expect: &Expectations,
+    healthy_sim: &Sim,
+) -> anyhow::Result<Parts> {
+    let (register, warm_up) = register_and_warm_up(args, orch, sampler, expect).await?;
     eprintln!(
         "bench: load: {} clients for {seconds}s (40 % GET /engines, 20 % select, 20 % stream_started, 20 % stream_ended)",
         args.clients
@@ -587,25 +599,8 @@ async fn measure(
     expect: &Expectations,
     healthy_sim: &Sim,
 ) -> anyhow::Result<Measured> {
-    let client = phases::client()?;
-    let mut ports: Vec<u16> = expect.keys().copied().collect();
-    ports.sort_unstable();
-
-    // 4. Registration.
-    sampler.phase("register");
-    let register = phases::register(&client, &orch.base, &ports, args.register_concurrency).await?;
-    orch.check_alive()?;
-
-    // 5. Warm-up.
-    sampler.phase("warm-up");
-    let warm_up = phases::warm_up(
-        &client,
-        &orch.base,
-        expect,
-        Duration::from_secs_f64(args.warmup_timeout),
-    )
-    .await?;
-    orch.check_alive()?;
+    // 4. Registration, 5. warm-up.
+    let (register, warm_up) = register_and_warm_up(args, orch, sampler, expect).await?;
 
     // 6. GET /engines sweeps; a fresh client, so that its one connection is
     // the only thing it does.
@@ -651,7 +646,9 @@ async fn measure(
     };
     sampler.end_phase();
     orch.check_alive()?;
-    let max_age_after_ingest = phases::max_age_now(&client, &orch.base, expect).await.ok();
+    let max_age_after_ingest = phases::max_age_now(&phases::client()?, &orch.base, expect)
+        .await
+        .ok();
     Ok(Measured {
         register,
         warm_up,

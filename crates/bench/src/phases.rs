@@ -526,17 +526,7 @@ pub async fn ingest(
         let key = format!("{:040x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let session = format!("bench-session-{i}");
         let stream_id = format!("bench-{i}");
-        let event = json!({
-            "engine": { "host": "127.0.0.1", "port": port },
-            "stream": { "key_type": "infohash", "key": key },
-            "session": {
-                "playback_session_id": session,
-                "stat_url": format!("http://127.0.0.1:{port}/ace/stat/{key}/{session}"),
-                "command_url": format!("http://127.0.0.1:{port}/ace/cmd/{key}/{session}"),
-                "is_live": 1
-            },
-            "labels": { "stream_id": stream_id }
-        });
+        let event = started_event(port, &key, &session, &stream_id);
         tally
             .send(client, &started_url, "stream_started", &event)
             .await?;
@@ -573,5 +563,21 @@ pub async fn ingest(
         events_per_s: tally.ok as f64 / seconds,
         latency: LatencyStats::from(tally.latencies),
         first_errors: tally.first_errors,
+    })
+}
+
+/// A `stream_started` event in the shape CONTRACT.md gives, for an engine on
+/// loopback, with its stat and command URLs on that engine.
+pub fn started_event(port: u16, key: &str, session: &str, stream_id: &str) -> serde_json::Value {
+    json!({
+        "engine": { "host": "127.0.0.1", "port": port },
+        "stream": { "key_type": "infohash", "key": key },
+        "session": {
+            "playback_session_id": session,
+            "stat_url": format!("http://127.0.0.1:{port}/ace/stat/{key}/{session}"),
+            "command_url": format!("http://127.0.0.1:{port}/ace/cmd/{key}/{session}"),
+            "is_live": 1
+        },
+        "labels": { "stream_id": stream_id }
     })
 }
