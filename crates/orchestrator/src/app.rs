@@ -115,6 +115,7 @@ impl App {
             pool: Some(self.pool.clone()),
             shutdown: shutdown.clone(),
         });
+        let router = api::read_bodies_first(router, self.header_timeout);
         let router = match api::cors(&self.cors_origins) {
             Some(cors) => router.layer(cors),
             None => router,

@@ -159,7 +159,8 @@ pub struct Config {
     )]
     pub db_url: String,
 
-    /// Seconds a client has to send a request's headers (slow clients are cut off).
+    /// Seconds a client has to send a request's headers, and again its body
+    /// (slow clients are cut off; a slow body gets 408).
     #[arg(long, env = "HTTP_HEADER_TIMEOUT_S", value_name = "HTTP_HEADER_TIMEOUT_S", default_value = "10", value_parser = parse_seconds)]
     pub http_header_timeout_s: f64,
 

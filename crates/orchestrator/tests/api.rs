@@ -563,3 +563,105 @@ async fn slow_and_huge_request_heads_are_cut_off() {
     }
     assert_eq!(orch.get("/engines").await.0, 200);
 }
+
+/// A route that takes no body, or a request refused before its body is read,
+/// must still deliver its answer: answered mid-upload, the connection would be
+/// reset and the client would see an error instead of the 4xx/5xx and detail.
+#[tokio::test]
+async fn an_unread_body_does_not_cost_the_client_its_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let orch = Orch::start(
+        dir.path(),
+        &[("API_KEY", "secret"), ("HTTP_HEADER_TIMEOUT_S", "1")],
+    )
+    .await;
+    let addr = orch.base.trim_start_matches("http://").to_owned();
+    let key = "Authorization: Bearer secret\r\n";
+    for (path, key, size, want) in [
+        ("/gc", key, 30 * 1024, None),
+        ("/events/stream_started", "", 30 * 1024, Some("401")),
+        // Over the 64 KiB limit: refused, but only once the body is in.
+        ("/engines", key, 200 * 1024, Some("413")),
+    ] {
+        let body = format!("{{\"filler\":\"{}\"}}", "a".repeat(size));
+        // The head first, the body a moment later, as a client on a slow
+        // uplink sends them: the server must wait for it before answering.
+        let mut client = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{key}Content-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        client.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // A server that answered without the body has closed by now: the
+        // first write draws a reset and the second fails, and a client like
+        // reqwest reports that failure instead of the answer.
+        let (first, second) = body.as_bytes().split_at(body.len() / 2);
+        for half in [first, second] {
+            client
+                .write_all(half)
+                .await
+                .unwrap_or_else(|e| panic!("POST {path}: the body could not be sent: {e}"));
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_to_end(&mut answer),
+        )
+        .await
+        .expect("no answer within 5 s");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            read.is_ok(),
+            "POST {path}: {read:?} after reading '{answer}'"
+        );
+        let status = answer.get(9..12).unwrap_or_default();
+        if let Some(want) = want {
+            assert_eq!(status, want, "POST {path}: {answer}");
+        }
+        assert!(
+            status.starts_with('2') || answer.contains("\"detail\""),
+            "POST {path}: no detail in {answer}"
+        );
+    }
+
+    // Declared far over the limit: refused on the header alone, unread.
+    let mut client = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    client
+        .write_all(
+            b"POST /engines HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\n\
+              Content-Type: application/json\r\nContent-Length: 100000000\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = vec![0; 1024];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), client.read(&mut answer))
+        .await
+        .expect("a 100 MB body is refused at once")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // A body that never finishes arriving: 408 once the timeout passes.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        b"POST /engines HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret\r\n\
+          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"host\":",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut answer),
+    )
+    .await
+    .expect("a half-sent body still holds its connection after 5 s")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive"), "{answer}");
+}

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, access control, limits and the JSON error shape.
 
 mod auth;
+mod body;
 mod containers;
 mod engines;
 pub mod error;
@@ -16,6 +17,8 @@ use axum::http::{Method, StatusCode};
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::{middleware, Router};
 use tower_http::trace::TraceLayer;
+
+pub use body::read_bodies_first;
 
 use crate::service::Orchestrator;
 use error::ApiError;

@@ -1,0 +1,106 @@
+//! Reads every request body whole before a handler answers.
+//!
+//! A route that takes no body (`POST /gc`), or a request refused before its
+//! body is looked at (401, 503), would otherwise be answered while the client
+//! is still sending. hyper then closes the connection with unread bytes in the
+//! socket, the kernel answers them with a reset, and the reset can discard the
+//! response the client had not read yet: the client sees "connection reset"
+//! instead of a 4xx with a `detail`. Bodies here are small (the limit is
+//! [`super::BODY_LIMIT`]), so reading them first costs nothing worth keeping.
+//! A body over the limit is never buffered: it is read and dropped up to
+//! [`DRAIN_LIMIT`] so that its 413 arrives, and refused unread beyond that.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use futures::StreamExt;
+
+use super::error::ApiError;
+use super::BODY_LIMIT;
+
+/// Bodies above [`BODY_LIMIT`] but below this are read and dropped before
+/// the 413; larger ones are refused unread.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
+/// `router` with every body read whole before it answers. A client gets
+/// `timeout` to send a body (at most [`BODY_LIMIT`] bytes); a slower one would
+/// hold a connection for nothing (slowloris on the body) and gets 408.
+pub fn read_bodies_first(router: Router, timeout: Duration) -> Router {
+    router.layer(middleware::from_fn_with_state(timeout, read_whole_body))
+}
+
+async fn read_whole_body(
+    State(timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
+    if declared.unwrap_or(0) == 0 && !chunked {
+        return Ok(next.run(request).await);
+    }
+    // A client that waits for `100 Continue` has sent nothing yet, and one that
+    // declares more than DRAIN_LIMIT is not worth reading to refuse cleanly:
+    // both are refused on the declared size alone.
+    let waits_for_continue = request.headers().contains_key(header::EXPECT);
+    let declared_too_large = |limit: usize| declared.is_some_and(|length| length > limit as u64);
+    if declared_too_large(DRAIN_LIMIT) || (waits_for_continue && declared_too_large(BODY_LIMIT)) {
+        return Err(too_large());
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = tokio::time::timeout(timeout, collect(body))
+        .await
+        .map_err(|_| {
+            ApiError::Status(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {:.1} s",
+                    timeout.as_secs_f64()
+                ),
+            )
+        })??;
+    Ok(next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await)
+}
+
+/// The body's bytes, or 413 when they pass [`BODY_LIMIT`]. A body above the
+/// limit is still read (and dropped) up to [`DRAIN_LIMIT`], so that the 413
+/// reaches a client that sends its whole body before reading the answer.
+async fn collect(body: Body) -> Result<Vec<u8>, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut total = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::BadRequest(format!("the request body could not be read: {e}"))
+        })?;
+        total += chunk.len();
+        if total > DRAIN_LIMIT {
+            break;
+        }
+        if total <= BODY_LIMIT {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    if total > BODY_LIMIT {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+fn too_large() -> ApiError {
+    ApiError::Status(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is larger than the limit of {BODY_LIMIT} bytes"),
+    )
+}
