@@ -151,8 +151,11 @@ pub struct Pool {
     orch: Arc<Orchestrator>,
     ports: EnginePorts,
     pub settings: PoolSettings,
-    /// Provisions under way; they count toward MAX_REPLICAS.
-    starting: AtomicU32,
+    /// Provisions under way, each by the host port its engine will answer on
+    /// (0 until its ports are chosen). They count toward MAX_REPLICAS; the
+    /// port tells which engine the reconciler may already have adopted from
+    /// the container's start event, so that it is not counted twice.
+    starting: Mutex<Vec<u16>>,
     /// Serializes name choice and container creation (not the readiness wait).
     create_lock: tokio::sync::Mutex<()>,
     demand: AtomicU32,
@@ -173,7 +176,7 @@ impl Pool {
             orch,
             ports: EnginePorts::from_config(config),
             settings: PoolSettings::from_config(config),
-            starting: AtomicU32::new(0),
+            starting: Mutex::new(Vec::new()),
             create_lock: tokio::sync::Mutex::new(()),
             demand: AtomicU32::new(0),
             autoscale_now: Notify::new(),
@@ -187,23 +190,27 @@ impl Pool {
         &self.runtime
     }
 
-    fn docker_engines(&self) -> u32 {
-        self.orch
-            .registry
-            .read()
-            .engine_ids(RuntimeKind::Docker)
-            .len() as u32
-    }
-
     /// Takes a place among the `max` engines, or says why there is none.
     fn claim_slot(&self, max: u32) -> Result<SlotGuard<'_>, ProvisionError> {
-        let running = self.docker_engines();
-        let previous = self.starting.fetch_add(1, Ordering::SeqCst);
-        if running + previous >= max {
-            self.starting.fetch_sub(1, Ordering::SeqCst);
+        let mut starting = self.starting.lock();
+        let running = self
+            .orch
+            .registry
+            .read()
+            .engines_run_by(RuntimeKind::Docker)
+            .filter(|engine| {
+                label_port(&engine.labels, HOST_HTTP_PORT_LABEL)
+                    .is_none_or(|port| !starting.contains(&port))
+            })
+            .count();
+        if running + starting.len() >= max as usize {
             return Err(ProvisionError::MaxReplicas(max));
         }
-        Ok(SlotGuard(&self.starting))
+        starting.push(0);
+        Ok(SlotGuard {
+            starting: &self.starting,
+            port: 0,
+        })
     }
 
     /// Starts an engine container and answers once its API answers. A
@@ -223,8 +230,9 @@ impl Pool {
         max: u32,
     ) -> Result<Provisioned, ProvisionError> {
         let started = Instant::now();
-        let _slot = self.claim_slot(max)?;
+        let mut slot = self.claim_slot(max)?;
         let ports = self.ports.allocate(self.settings.map_https)?;
+        slot.set_port(ports.host_http);
         let result = self.start_engine(request, &ports, started).await;
         if result.is_err() {
             self.ports.release(&ports);
@@ -734,11 +742,28 @@ impl Pool {
     }
 }
 
-struct SlotGuard<'a>(&'a AtomicU32);
+/// A provision's place in [`Pool::starting`], given back when it ends.
+struct SlotGuard<'a> {
+    starting: &'a Mutex<Vec<u16>>,
+    port: u16,
+}
+
+impl SlotGuard<'_> {
+    fn set_port(&mut self, port: u16) {
+        let mut starting = self.starting.lock();
+        if let Some(entry) = starting.iter_mut().find(|p| **p == self.port) {
+            *entry = port;
+        }
+        self.port = port;
+    }
+}
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        let mut starting = self.starting.lock();
+        if let Some(index) = starting.iter().position(|p| *p == self.port) {
+            starting.swap_remove(index);
+        }
     }
 }
 

@@ -420,11 +420,17 @@ impl Registry {
 
     /// Ids of the engines that `runtime` runs.
     pub fn engine_ids(&self, runtime: RuntimeKind) -> Vec<String> {
+        self.engines_run_by(runtime)
+            .map(|e| e.container_id.clone())
+            .collect()
+    }
+
+    /// The engines that `runtime` runs.
+    pub fn engines_run_by(&self, runtime: RuntimeKind) -> impl Iterator<Item = &Engine> {
         self.engines
             .values()
-            .filter(|e| e.engine.runtime == runtime)
-            .map(|e| e.engine.container_id.clone())
-            .collect()
+            .map(|e| &e.engine)
+            .filter(move |e| e.runtime == runtime)
     }
 
     /// The engines we run, as the autoscaler sees them.

@@ -117,8 +117,10 @@ impl Orchestrator {
             let (value, ops) = change(&mut registry, Timestamp::now())?;
             (value, (!ops.is_empty()).then(|| self.store.submit(ops)))
         };
-        self.changed();
+        // Every change worth showing is persisted, so a change without writes
+        // (a resync that found everything as it was) wakes no live view.
         if let Some(pending) = pending {
+            self.changed();
             pending.committed().await?;
         }
         Ok(value)

@@ -664,3 +664,41 @@ async fn the_daemon_going_away_and_coming_back_is_survived() {
     assert!(orch.logs().contains("container runtime unreachable"));
     assert!(orch.logs().contains("reachable again"));
 }
+
+/// An engine still waiting for readiness is adopted by the reconciler from its
+/// start event; it must not then count twice toward MAX_REPLICAS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_adopted_while_it_starts_counts_once_toward_max_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let (orch, cleanup) = start(dir.path(), "21190-21199", &[("MAX_REPLICAS", "2")]).await;
+
+    // The first engine takes 3 s to answer; meanwhile its container runs.
+    let slow = {
+        let client = orch.client.clone();
+        let url = orch.url("/provision/acestream");
+        tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .json(&json!({ "env": { "ENGINE_SIM_STARTUP_DELAY_MS": "3000" } }))
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        })
+    };
+    wait_for("the starting engine to be adopted", secs(10.0), || async {
+        (!docker_engines(&orch).await.is_empty()).then_some(())
+    })
+    .await;
+    assert!(!slow.is_finished(), "the first engine was ready too soon");
+
+    // One engine exists, MAX_REPLICAS is 2: there is room for one more.
+    let (status, second) = orch.post("/provision/acestream", json!({})).await;
+    assert_eq!(status, 200, "{second}");
+    let (status, first) = slow.await.unwrap();
+    assert_eq!(status, 200, "{first}");
+    let (status, third) = orch.post("/provision/acestream", json!({})).await;
+    assert_eq!(status, 409, "{third}");
+    assert!(third["detail"].as_str().unwrap().contains("MAX_REPLICAS"));
+    assert_eq!(cleanup.containers().len(), 2);
+}
