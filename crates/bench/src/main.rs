@@ -621,7 +621,8 @@ async fn measure(
 
     // 7. Ingest.
     eprintln!(
-        "bench: ingest: sequential stream_started (+ stream_ended for half) for {}s",
+        "bench: ingest: sequential stream_started (+ stream_ended of the oldest, {} open per engine) for {}s",
+        phases::OPEN_STREAMS_PER_ENGINE,
         args.ingest_seconds
     );
     sampler.phase("ingest");

@@ -495,8 +495,13 @@ impl Tally {
     }
 }
 
-/// Sequential `stream_started` events (and `stream_ended` for every other one)
-/// from one keep-alive client for `duration`.
+/// Open streams per healthy engine during the ingest phase: a busy pool,
+/// where each engine carries a couple of streams.
+pub const OPEN_STREAMS_PER_ENGINE: usize = 2;
+
+/// Sequential `stream_started` events (each, once the window is full, followed
+/// by the `stream_ended` of the oldest open stream) from one keep-alive client
+/// for `duration`.
 pub async fn ingest(
     client: &reqwest::Client,
     base: &str,
@@ -531,9 +536,12 @@ pub async fn ingest(
             .send(client, &started_url, "stream_started", &event)
             .await?;
         started_sent += 1;
-        // Every other stream ends at once; the rest stay active.
-        if i & 1 == 0 {
-            let ended = json!({ "stream_id": stream_id, "reason": "bench" });
+        // Streams stay open for a window of OPEN_STREAMS_PER_ENGINE per engine,
+        // then end: as many open streams on a fast machine as on a slow one,
+        // so the memory figure measures the orchestrator, not the machine.
+        let window = (OPEN_STREAMS_PER_ENGINE * healthy_ports.len()) as u64;
+        if let Some(oldest) = i.checked_sub(window) {
+            let ended = json!({ "stream_id": format!("bench-{oldest}"), "reason": "bench" });
             tally
                 .send(client, &ended_url, "stream_ended", &ended)
                 .await?;

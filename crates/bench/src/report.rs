@@ -195,10 +195,11 @@ pub fn print_table(s: &Summary) {
     }
     let i = &s.ingest;
     println!(
-        "ingest   {:.1}s: {} stream_started + {} stream_ended; {} ok, {} errors ({} without answer) -> {:.0} events/s",
+        "ingest   {:.1}s: {} stream_started + {} stream_ended ({} left open); {} ok, {} errors ({} without answer) -> {:.0} events/s",
         i.seconds,
         i.started_sent,
         i.ended_sent,
+        i.started_sent - i.ended_sent,
         i.ok,
         i.errors,
         i.transport_errors,
