@@ -970,11 +970,22 @@ impl Registry {
     }
 }
 
+/// Appends `item`, dropping the oldest beyond `max`. The queue grows by
+/// doubling as a `VecDeque` does, but never past `max`: left to itself it
+/// would make room for 64 checks to keep 50, or 1,024 snapshots to keep 720,
+/// in every history.
 fn push_bounded<T>(queue: &mut VecDeque<T>, item: T, max: usize) {
-    queue.push_back(item);
-    while queue.len() > max {
+    if max == 0 {
+        return;
+    }
+    while queue.len() >= max {
         queue.pop_front();
     }
+    if queue.len() == queue.capacity() {
+        let target = (queue.capacity() * 2).max(4).min(max);
+        queue.reserve_exact(target - queue.len());
+    }
+    queue.push_back(item);
 }
 
 /// Accepts `url` only when it is http(s) and points at one of the given
@@ -1017,6 +1028,26 @@ fn check_engine_url(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bounded_histories_hold_no_more_room_than_they_keep() {
+        for max in [1, 3, 50, 720] {
+            let mut queue = std::collections::VecDeque::new();
+            for i in 0..max * 3 {
+                super::push_bounded(&mut queue, i, max);
+            }
+            assert_eq!(queue.len(), max);
+            assert_eq!(queue.front(), Some(&(max * 2)), "the oldest go first");
+            assert!(
+                queue.capacity() <= max,
+                "capacity {} for {max}",
+                queue.capacity()
+            );
+        }
+        let mut none = std::collections::VecDeque::new();
+        super::push_bounded(&mut none, 1, 0);
+        assert!(none.is_empty());
+    }
+
     use super::*;
 
     const LIMITS: Limits = Limits {
