@@ -16,4 +16,8 @@ ENV APP_HOST=0.0.0.0 \
 WORKDIR /data
 VOLUME /data
 EXPOSE 8000
+# No curl in a scratch image: the binary asks itself (GET /health/live on
+# APP_PORT) and exits 0 or 1.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["/acestream-orchestrator", "--healthcheck"]
 ENTRYPOINT ["/acestream-orchestrator"]

@@ -348,6 +348,12 @@ pub struct Config {
     /// Also publish the engine's HTTPS port.
     #[arg(long, env = "ACE_MAP_HTTPS", value_name = "ACE_MAP_HTTPS", default_value = "false", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub ace_map_https: bool,
+
+    /// Do not serve: ask the orchestrator listening on APP_HOST:APP_PORT (loopback
+    /// when APP_HOST is 0.0.0.0 or ::) whether it is live, exit 0 if it is and 1
+    /// if not. For container health checks in images without curl.
+    #[arg(long)]
+    pub healthcheck: bool,
 }
 
 impl fmt::Debug for Config {

@@ -52,6 +52,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if config.healthcheck {
+        return runtime.block_on(healthcheck(&config));
+    }
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -66,6 +69,43 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     app.run(shutdown).await
+}
+
+/// `--healthcheck`: one `GET /health/live` on the configured address.
+async fn healthcheck(config: &Config) -> ExitCode {
+    let host = match config.app_host {
+        ip if !ip.is_unspecified() => ip,
+        std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+    };
+    let url = format!(
+        "http://{}/health/live",
+        std::net::SocketAddr::new(host, config.app_port)
+    );
+    let timeout = std::time::Duration::from_secs(3);
+    let answer = async {
+        let client = reqwest::Client::builder().timeout(timeout).build()?;
+        client.get(&url).send().await
+    };
+    match answer.await {
+        Ok(response) if response.status().is_success() => {
+            println!("live: {url} answered {}", response.status());
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            eprintln!("not live: {url} answered {}", response.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            let reason = if e.is_timeout() {
+                format!("no answer within {} s", timeout.as_secs())
+            } else {
+                orchestrator::health::describe_request_error(&e, timeout)
+            };
+            eprintln!("not live: {url}: {reason}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

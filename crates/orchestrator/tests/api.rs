@@ -665,3 +665,43 @@ async fn an_unread_body_does_not_cost_the_client_its_answer() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("did not arrive"), "{answer}");
 }
+
+/// `--healthcheck` (the image's HEALTHCHECK): exit 0 while the orchestrator on
+/// APP_PORT answers, 1 with the reason when nothing does.
+#[tokio::test]
+async fn the_healthcheck_flag_says_whether_the_orchestrator_is_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let orch = Orch::start(dir.path(), &[]).await;
+    let port = orch.base.rsplit(':').next().unwrap().to_owned();
+    let cwd = dir.path().to_owned();
+    let check = |port: String| {
+        let cwd = cwd.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_acestream-orchestrator"))
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("RUST_LOG", "warn")
+                .args(["--healthcheck", "--app-port", &port])
+                .current_dir(cwd)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let live = check(port).await;
+    assert_eq!(live.status.code(), Some(0), "{live:?}");
+    assert!(String::from_utf8_lossy(&live.stdout).contains("live"));
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = check(closed.to_string()).await;
+    assert_eq!(dead.status.code(), Some(1), "{dead:?}");
+    let stderr = String::from_utf8_lossy(&dead.stderr);
+    assert!(
+        stderr.contains("not live") && stderr.contains("refused"),
+        "{stderr}"
+    );
+}

@@ -396,9 +396,20 @@ pub fn started_event(port: u16, key: &str, session: &str) -> Value {
 /// up to date; the script locks against other processes).
 pub fn ensure_engine_image() {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    let result = BUILT.get_or_init(|| {
-        let script =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/engine-sim-image");
+    ensure_image(&BUILT, "engine-sim-image");
+}
+
+/// Builds the orchestrator's own image (`Dockerfile`) once per test process.
+pub fn ensure_orchestrator_image() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    ensure_image(&BUILT, "orchestrator-image");
+}
+
+fn ensure_image(built: &OnceLock<Result<(), String>>, script: &str) {
+    let result = built.get_or_init(|| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../scripts")
+            .join(script);
         let status = std::process::Command::new(&script)
             .stdout(Stdio::null())
             .status()
@@ -409,7 +420,7 @@ pub fn ensure_engine_image() {
             .ok_or_else(|| format!("{} failed ({status})", script.display()))
     });
     if let Err(e) = result {
-        panic!("the engine image is needed for this test: {e}");
+        panic!("the image is needed for this test: {e}");
     }
 }
 
