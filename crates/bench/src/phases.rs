@@ -526,6 +526,10 @@ pub async fn ingest(
     let until = started + duration;
     let mut last_print = Instant::now();
     let mut i: u64 = 0;
+    // Streams stay open for a window of OPEN_STREAMS_PER_ENGINE per engine,
+    // then end: as many open streams on a fast machine as on a slow one, so
+    // the memory figure measures the orchestrator, not the machine.
+    let window = (OPEN_STREAMS_PER_ENGINE * healthy_ports.len()) as u64;
     while Instant::now() < until {
         let port = healthy_ports[(i % healthy_ports.len() as u64) as usize];
         let key = format!("{:040x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -536,10 +540,6 @@ pub async fn ingest(
             .send(client, &started_url, "stream_started", &event)
             .await?;
         started_sent += 1;
-        // Streams stay open for a window of OPEN_STREAMS_PER_ENGINE per engine,
-        // then end: as many open streams on a fast machine as on a slow one,
-        // so the memory figure measures the orchestrator, not the machine.
-        let window = (OPEN_STREAMS_PER_ENGINE * healthy_ports.len()) as u64;
         if let Some(oldest) = i.checked_sub(window) {
             let ended = json!({ "stream_id": format!("bench-{oldest}"), "reason": "bench" });
             tally
