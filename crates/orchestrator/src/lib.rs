@@ -11,6 +11,7 @@ pub mod domain;
 pub mod health;
 pub mod metrics;
 pub mod panel;
+pub mod persist;
 pub mod pool;
 pub mod ports;
 pub mod registry;

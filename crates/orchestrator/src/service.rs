@@ -9,7 +9,8 @@ use parking_lot::RwLock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::{Limits, Registry, RegistryError};
-use crate::store::{Retention, Store, StoreError, WriteOp};
+use crate::persist::WriteOp;
+use crate::store::{Retention, Store, StoreError};
 use crate::time::Timestamp;
 
 #[derive(Debug, thiserror::Error)]

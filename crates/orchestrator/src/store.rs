@@ -11,7 +11,7 @@
 //! Reads happen once, at start-up ([`Store::open`] returns everything the
 //! in-memory registry needs); after that memory is the read model.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::thread;
 
@@ -22,6 +22,7 @@ use crate::domain::{
     CheckSource, Engine, EngineHealth, EngineUsage, HealthCheck, HealthStatus, HealthTransition,
     KeyType, RuntimeKind, StatSnapshot, Stream, StreamStatus,
 };
+use crate::persist::{Loaded, WriteOp};
 use crate::time::Timestamp;
 
 const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
@@ -48,31 +49,6 @@ pub enum StoreError {
     Thread(std::io::Error),
 }
 
-/// One change to persist.
-#[derive(Debug, Clone)]
-pub enum WriteOp {
-    UpsertEngine(Box<Engine>),
-    DeleteEngine(String),
-    /// The health columns of a known engine (the hot path of every check).
-    EngineHealth {
-        engine_id: String,
-        health: EngineHealth,
-    },
-    UpsertStream(Box<Stream>),
-    StatSnapshot {
-        stream_id: String,
-        snapshot: StatSnapshot,
-    },
-    HealthCheck {
-        engine_id: String,
-        check: HealthCheck,
-    },
-    HealthTransition {
-        engine_id: String,
-        transition: HealthTransition,
-    },
-}
-
 /// Limits for the periodic trimming of history tables.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -91,16 +67,6 @@ enum Job {
     Flush {
         ack: oneshot::Sender<()>,
     },
-}
-
-/// Everything the registry needs after a restart.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    pub engines: Vec<Engine>,
-    pub streams: Vec<Stream>,
-    pub stats: HashMap<String, VecDeque<StatSnapshot>>,
-    pub checks: HashMap<String, VecDeque<HealthCheck>>,
-    pub transitions: HashMap<String, VecDeque<HealthTransition>>,
 }
 
 #[derive(Clone)]

@@ -448,6 +448,22 @@ async fn proxies_quirks_are_absorbed() {
         .await;
     assert_eq!(ended["stream"]["key"], "two");
 
+    // A proxy whose start failed ends a stream id nobody knows, naming the
+    // engine: the engine's other, live stream must not be ended for it.
+    let (status, unknown) = orch
+        .post(
+            "/events/stream_ended",
+            json!({ "container_id": id, "stream_id": "failed-start" }),
+        )
+        .await;
+    assert_eq!(
+        (status, &unknown["updated"], &unknown["stream"]),
+        (200, &json!(false), &Value::Null)
+    );
+    let (_, still) = orch.get("/streams?status=started").await;
+    assert_eq!(still.as_array().unwrap().len(), 1, "{still}");
+    assert_eq!(still[0]["key"], "one");
+
     // Deleting the engine ends what it still carried.
     let (status, _) = orch.delete(&format!("/engines/{id}")).await;
     assert_eq!(status, 200);

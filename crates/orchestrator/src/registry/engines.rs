@@ -1,0 +1,191 @@
+//! Engines: finding them by id or address, adding, refreshing and forgetting them.
+
+use super::*;
+
+impl Registry {
+
+    /// Finds the engine an event names: by id, else by address. Loopback aliases
+    /// are one host, and a container we run also answers to its published port.
+    pub fn find_engine(&self, container_id: Option<&str>, host: &str, port: u16) -> Option<&str> {
+        if let Some(id) = container_id {
+            if let Some((key, _)) = self.engines.get_key_value(id) {
+                return Some(key);
+            }
+        }
+        let host = canonical_host(host);
+        let loopback = host == "127.0.0.1";
+        let port_text = port.to_string();
+        self.engines
+            .iter()
+            .find(|(_, entry)| {
+                let e = &entry.engine;
+                (e.port == port && canonical_host(&e.host) == host)
+                    || (loopback
+                        && e.runtime == RuntimeKind::Docker
+                        && e.labels.get(HOST_HTTP_PORT_LABEL) == Some(&port_text))
+            })
+            .map(|(id, _)| id.as_str())
+    }
+
+    /// Adds an engine. `container_id` defaults to `"host:port"`.
+    pub fn register(&mut self, engine: Engine) -> (String, Vec<WriteOp>) {
+        let id = engine.container_id.clone();
+        let ops = vec![WriteOp::UpsertEngine(Box::new(engine.clone()))];
+        self.engines.insert(
+            id.clone(),
+            EngineEntry {
+                engine,
+                active: BTreeSet::new(),
+                checks: VecDeque::new(),
+                transitions: VecDeque::new(),
+            },
+        );
+        (id, ops)
+    }
+
+    pub fn new_external_engine(
+        host: &str,
+        port: u16,
+        container_id: Option<String>,
+        name: Option<String>,
+        labels: BTreeMap<String, String>,
+        now: Timestamp,
+    ) -> Engine {
+        Engine {
+            container_id: container_id.unwrap_or_else(|| external_engine_id(host, port)),
+            container_name: name,
+            host: host.trim().to_owned(),
+            port,
+            labels,
+            runtime: RuntimeKind::External,
+            first_seen: now,
+            last_seen: now,
+            health: EngineHealth::default(),
+            usage: EngineUsage::default(),
+        }
+    }
+
+    /// Forgets an engine; its active streams end with `reason`.
+    pub fn remove_engine(
+        &mut self,
+        id: &str,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(Engine, Vec<WriteOp>), RegistryError> {
+        let active: Vec<String> = match self.engines.get(id) {
+            Some(entry) => entry.active.iter().cloned().collect(),
+            None => return Err(RegistryError::EngineNotFound(id.to_owned())),
+        };
+        let mut ops = Vec::new();
+        for stream_id in active {
+            if let Some((_, more)) = self.end_stream(&stream_id, Some(reason), now) {
+                ops.extend(more);
+            }
+        }
+        self.reservations.retain(|r| r.engine_id != id);
+        let entry = self
+            .engines
+            .remove(id)
+            .ok_or_else(|| RegistryError::EngineNotFound(id.to_owned()))?;
+        ops.push(WriteOp::DeleteEngine(id.to_owned()));
+        Ok((entry.engine, ops))
+    }
+
+    /// Adds an engine, or refreshes the address, name and labels of a known one
+    /// (adoption after a restart finds engines the database already knew).
+    pub fn upsert(&mut self, engine: Engine) -> Vec<WriteOp> {
+        match self.engines.get_mut(&engine.container_id) {
+            Some(entry) => {
+                let known = &mut entry.engine;
+                if known.host == engine.host
+                    && known.port == engine.port
+                    && known.container_name == engine.container_name
+                    && known.labels == engine.labels
+                    && known.runtime == engine.runtime
+                {
+                    return Vec::new();
+                }
+                known.host = engine.host;
+                known.port = engine.port;
+                known.container_name = engine.container_name;
+                known.labels = engine.labels;
+                known.runtime = engine.runtime;
+                vec![WriteOp::UpsertEngine(Box::new(known.clone()))]
+            }
+            None => self.register(engine).1,
+        }
+    }
+
+    pub fn set_replacement_suspended(&mut self, suspended: bool) {
+        self.replacement_suspended = suspended;
+    }
+
+    /// Ids of the engines that `runtime` runs.
+    pub fn engine_ids(&self, runtime: RuntimeKind) -> Vec<String> {
+        self.engines_run_by(runtime)
+            .map(|e| e.container_id.clone())
+            .collect()
+    }
+
+    /// The engines that `runtime` runs.
+    pub fn engines_run_by(&self, runtime: RuntimeKind) -> impl Iterator<Item = &Engine> {
+        self.engines
+            .values()
+            .map(|e| &e.engine)
+            .filter(move |e| e.runtime == runtime)
+    }
+
+    /// The engines we run, as the autoscaler sees them.
+    pub fn pool(&self, now: Timestamp) -> Vec<crate::autoscale::PoolEngine> {
+        let reserved = self.reservation_counts(now);
+        self.engines
+            .values()
+            .filter(|e| e.engine.runtime == RuntimeKind::Docker)
+            .map(|e| crate::autoscale::PoolEngine {
+                id: e.engine.container_id.clone(),
+                load: e.active.len() as u32
+                    + reserved
+                        .get(e.engine.container_id.as_str())
+                        .copied()
+                        .unwrap_or(0),
+                idle_since: e.engine.last_seen.max(e.engine.first_seen),
+                used: e.engine.usage.streams_total > 0,
+            })
+            .collect()
+    }
+
+    /// Engines we run that have been unhealthy since before `since`.
+    pub fn unhealthy_since(&self, since: Timestamp) -> Vec<(String, Timestamp)> {
+        self.engines
+            .values()
+            .filter(|e| e.engine.runtime == RuntimeKind::Docker)
+            .filter(|e| e.engine.health.status == HealthStatus::Unhealthy)
+            .filter_map(|e| {
+                let at = e.engine.health.status_since?;
+                (at <= since).then(|| (e.engine.container_id.clone(), at))
+            })
+            .collect()
+    }
+
+    /// Records a note in an engine's health history (a replacement, say) without
+    /// changing its status.
+    pub fn note(&mut self, id: &str, reason: String, now: Timestamp) -> Vec<WriteOp> {
+        let max = self.limits.health_history_max;
+        let Some(entry) = self.engines.get_mut(id) else {
+            return Vec::new();
+        };
+        let status = entry.engine.health.status;
+        let transition = HealthTransition {
+            ts: now,
+            from: status,
+            to: status,
+            reason,
+        };
+        push_bounded(&mut entry.transitions, transition.clone(), max);
+        vec![WriteOp::HealthTransition {
+            engine_id: id.to_owned(),
+            transition,
+        }]
+    }
+
+}

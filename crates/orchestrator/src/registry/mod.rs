@@ -1,0 +1,267 @@
+//! The in-memory registry of engines, streams, stats and reservations.
+//!
+//! Every mutation is synchronous and returns the [`WriteOp`]s that persist it, so
+//! callers can queue them while still holding the lock (keeping the database in
+//! the registry's order) and wait for the commit after releasing it. Nothing
+//! here does I/O or awaits.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use reqwest::Url;
+use serde::Serialize;
+
+use crate::domain::{
+    canonical_host, external_engine_id, same_host, CheckSource, Engine, EngineHealth, EngineUsage,
+    HealthCheck, HealthStatus, HealthTransition, KeyType, RuntimeKind, StatSnapshot, Stream,
+    StreamStatus,
+};
+use crate::select::{self, Candidate};
+use crate::persist::{Loaded, WriteOp};
+use crate::time::Timestamp;
+
+/// Label on containers we run that names the published host port of the engine API.
+pub const HOST_HTTP_PORT_LABEL: &str = "host.http_port";
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RegistryError {
+    #[error("engine '{0}' not found")]
+    EngineNotFound(String),
+    #[error("stream '{0}' not found")]
+    StreamNotFound(String),
+    #[error("{field} '{url}' does not point at the stream's engine {engine}; only the engine's own host:port is accepted")]
+    ForeignUrl {
+        field: &'static str,
+        url: String,
+        engine: String,
+    },
+    #[error("{field} '{url}' is not an absolute http(s) URL")]
+    BadUrl { field: &'static str, url: String },
+}
+
+/// Sizes of the bounded histories.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub failure_threshold: u32,
+    pub health_history_max: usize,
+    pub stats_history_max: usize,
+    pub ended_streams_max: usize,
+}
+
+struct EngineEntry {
+    engine: Engine,
+    /// Ids of the engine's started streams.
+    active: BTreeSet<String>,
+    checks: VecDeque<HealthCheck>,
+    transitions: VecDeque<HealthTransition>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Reservation {
+    pub reservation_id: String,
+    pub engine_id: String,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// A validated `stream_started` event.
+#[derive(Debug, Clone)]
+pub struct StreamStart {
+    pub container_id: Option<String>,
+    pub host: String,
+    pub port: u16,
+    pub key_type: KeyType,
+    pub key: String,
+    pub playback_session_id: Option<String>,
+    pub stat_url: Option<String>,
+    pub command_url: Option<String>,
+    pub is_live: bool,
+    pub labels: BTreeMap<String, String>,
+    pub reservation_id: Option<String>,
+}
+
+/// The wire shape of an engine (CONTRACT.md), plus our additions after `streams`.
+#[derive(Debug, Serialize)]
+pub struct EngineView<'a> {
+    pub container_id: &'a str,
+    pub container_name: Option<&'a str>,
+    pub host: &'a str,
+    pub port: u16,
+    pub labels: &'a BTreeMap<String, String>,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
+    pub streams: Vec<&'a str>,
+    pub health_status: HealthStatus,
+    pub last_health_check: Option<Timestamp>,
+    pub last_stream_usage: Option<Timestamp>,
+    pub runtime: RuntimeKind,
+    pub health_since: Option<Timestamp>,
+    pub consecutive_failures: u32,
+    pub last_health_error: Option<&'a str>,
+    pub last_probe_latency_ms: Option<f64>,
+    pub streams_total: u64,
+    pub busy_seconds: f64,
+    pub reservations: u32,
+    /// True while unhealthy engines are not replaced because too many are
+    /// unhealthy at once (a shared cause is suspected).
+    pub replacement_suspended: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HealthHistoryView<'a> {
+    pub container_id: &'a str,
+    pub health_status: HealthStatus,
+    pub health_since: Option<Timestamp>,
+    pub last_health_check: Option<Timestamp>,
+    pub consecutive_failures: u32,
+    pub last_health_error: Option<&'a str>,
+    pub transitions: Vec<&'a HealthTransition>,
+    pub checks: Vec<&'a HealthCheck>,
+}
+
+/// The result of recording one health check.
+#[derive(Debug, Clone)]
+pub struct CheckRecorded {
+    pub engine_id: String,
+    pub status: HealthStatus,
+    pub transition: Option<HealthTransition>,
+}
+
+/// Where the health monitor should send a probe.
+#[derive(Debug, Clone)]
+pub struct ProbeTarget {
+    pub engine_id: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// A started stream the collector should poll.
+#[derive(Debug, Clone)]
+pub struct StatTarget {
+    pub stream_id: String,
+    pub engine_id: String,
+    pub stat_url: String,
+}
+
+pub struct Registry {
+    limits: Limits,
+    engines: BTreeMap<String, EngineEntry>,
+    streams: HashMap<String, Stream>,
+    /// Ended stream ids, oldest first, so the in-memory history stays bounded.
+    ended_order: VecDeque<String>,
+    stats: HashMap<String, VecDeque<StatSnapshot>>,
+    reservations: Vec<Reservation>,
+    /// Set while replacements are suspended because too many engines are
+    /// unhealthy at once; shown on every engine.
+    replacement_suspended: bool,
+}
+
+impl Registry {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            engines: BTreeMap::new(),
+            streams: HashMap::new(),
+            ended_order: VecDeque::new(),
+            stats: HashMap::new(),
+            reservations: Vec::new(),
+            replacement_suspended: false,
+        }
+    }
+
+    /// Rebuilds the registry from what the database kept.
+    pub fn restore(limits: Limits, loaded: Loaded) -> Self {
+        let mut registry = Self::new(limits);
+        let Loaded {
+            engines,
+            mut streams,
+            mut stats,
+            mut checks,
+            mut transitions,
+        } = loaded;
+        for engine in engines {
+            let id = engine.container_id.clone();
+            registry.engines.insert(
+                id.clone(),
+                EngineEntry {
+                    engine,
+                    active: BTreeSet::new(),
+                    checks: checks.remove(&id).unwrap_or_default(),
+                    transitions: transitions.remove(&id).unwrap_or_default(),
+                },
+            );
+        }
+        streams.sort_by_key(|s| (s.ended_at, s.started_at));
+        for stream in streams {
+            if stream.status == StreamStatus::Started {
+                match registry.engines.get_mut(&stream.container_id) {
+                    Some(entry) => {
+                        entry.active.insert(stream.id.clone());
+                    }
+                    None => continue,
+                }
+            } else {
+                registry.ended_order.push_back(stream.id.clone());
+            }
+            if let Some(history) = stats.remove(&stream.id) {
+                registry.stats.insert(stream.id.clone(), history);
+            }
+            registry.streams.insert(stream.id.clone(), stream);
+        }
+        registry
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub fn engine_count(&self) -> usize {
+        self.engines.len()
+    }
+
+    pub fn engine(&self, id: &str) -> Option<&Engine> {
+        self.engines.get(id).map(|e| &e.engine)
+    }
+
+    pub fn active_stream_count(&self) -> usize {
+        self.engines.values().map(|e| e.active.len()).sum()
+    }
+
+    pub fn health_counts(&self) -> [(HealthStatus, usize); 3] {
+        let mut counts = HealthStatus::ALL.map(|s| (s, 0));
+        for entry in self.engines.values() {
+            for (status, count) in &mut counts {
+                if *status == entry.engine.health.status {
+                    *count += 1;
+                }
+            }
+        }
+        counts
+    }
+
+}
+
+/// Appends `item`, dropping the oldest beyond `max`. The queue grows by
+/// doubling as a `VecDeque` does, but never past `max`: left to itself it
+/// would make room for 64 checks to keep 50, or 1,024 snapshots to keep 720,
+/// in every history.
+pub(super) fn push_bounded<T>(queue: &mut VecDeque<T>, item: T, max: usize) {
+    if max == 0 {
+        return;
+    }
+    while queue.len() >= max {
+        queue.pop_front();
+    }
+    if queue.len() == queue.capacity() {
+        let target = (queue.capacity() * 2).max(4).min(max);
+        queue.reserve_exact(target - queue.len());
+    }
+    queue.push_back(item);
+}
+
+mod engines;
+mod health;
+mod reservations;
+mod streams;
+#[cfg(test)]
+mod tests;
+mod views;
