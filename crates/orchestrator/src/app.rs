@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::pool::reconciler::Reconciler;
 use crate::pool::Pool;
 use crate::registry::Registry;
 use crate::runtime::DockerRuntime;
@@ -30,6 +31,7 @@ pub struct App {
     cors_origins: Vec<String>,
     orch: Arc<Orchestrator>,
     pool: Arc<Pool>,
+    reconciler: Reconciler,
     api_key: Option<Arc<str>>,
 }
 
@@ -53,7 +55,7 @@ impl App {
             .with_context(|| format!("cannot listen on {addr} (APP_HOST/APP_PORT)"))?;
         let orch = Arc::new(Orchestrator::new(registry, store, settings));
         let runtime = Arc::new(DockerRuntime::from_env());
-        let pool = Arc::new(Pool::new(runtime, orch.clone(), config));
+        let (pool, reconciler) = Pool::from_config(runtime, orch.clone(), config);
         // Adopt what already runs before answering anyone; a daemon that is down
         // now is retried by the reconciler.
         if let Err(error) = pool.resync().await {
@@ -65,6 +67,7 @@ impl App {
             cors_origins: config.cors_allow_origins.clone(),
             orch,
             pool,
+            reconciler,
             api_key: config.api_key.as_deref().map(Arc::from),
         })
     }
@@ -80,6 +83,7 @@ impl App {
     /// Serves until `shutdown` is cancelled, then drains requests (bounded),
     /// stops the loops and flushes the database.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addr = self.local_addr()?;
         let tasks = TaskTracker::new();
         tasks.spawn(
             health::run(self.orch.clone(), shutdown.clone())
@@ -94,20 +98,12 @@ impl App {
                 .instrument(tracing::info_span!("maintenance")),
         );
         tasks.spawn(
-            self.pool
-                .clone()
-                .run_reconciler(shutdown.clone())
+            self.reconciler
+                .run(shutdown.clone())
                 .instrument(tracing::info_span!("reconciler")),
-        );
-        tasks.spawn(
-            self.pool
-                .clone()
-                .run_autoscaler(shutdown.clone())
-                .instrument(tracing::info_span!("autoscaler")),
         );
         tasks.close();
 
-        let addr = self.local_addr()?;
         tracing::info!(%addr, "listening");
         let router = api::router(AppState {
             orch: self.orch.clone(),
@@ -143,7 +139,7 @@ impl App {
         {
             tracing::warn!("background tasks did not stop within 1s");
         }
-        self.orch.store.flush().await;
+        self.orch.flush().await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -158,9 +154,6 @@ async fn maintenance(orch: Arc<Orchestrator>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        orch.registry
-            .write()
-            .purge_expired_reservations(crate::time::Timestamp::now());
-        orch.store.trim(orch.settings.retention);
+        orch.housekeeping();
     }
 }

@@ -3,6 +3,8 @@
 //! flags. Everything is parsed and checked before any port is bound, and a bad
 //! value stops start-up with a message naming the variable.
 
+use crate::ports::PortRange;
+use crate::runtime::Label;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -21,33 +23,6 @@ fn invalid(var: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         var,
         message: message.into(),
-    }
-}
-
-/// An inclusive port range written `start-end`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortRange {
-    pub start: u16,
-    pub end: u16,
-}
-
-impl PortRange {
-    pub fn len(&self) -> usize {
-        usize::from(self.end - self.start) + 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    pub fn contains(&self, port: u16) -> bool {
-        (self.start..=self.end).contains(&port)
-    }
-}
-
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.start, self.end)
     }
 }
 
@@ -70,19 +45,6 @@ fn parse_port_range(text: &str) -> Result<PortRange, String> {
         return Err(format!("the range starts at {start}, above its end {end}"));
     }
     Ok(PortRange { start, end })
-}
-
-/// A Docker label written `key=value`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Label {
-    pub key: String,
-    pub value: String,
-}
-
-impl fmt::Display for Label {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}", self.key, self.value)
-    }
 }
 
 fn parse_label(text: &str) -> Result<Label, String> {

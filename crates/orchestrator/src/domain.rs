@@ -327,3 +327,19 @@ mod tests {
         assert_eq!(external_engine_id("::1", 6878), "[::1]:6878");
     }
 }
+
+/// Labels that carry meaning on an engine's record.
+pub mod labels {
+    /// On a container we run: the published host port of the engine's API,
+    /// so that an event naming `127.0.0.1:<that port>` finds the engine.
+    pub const HOST_HTTP_PORT_LABEL: &str = "host.http_port";
+}
+
+impl Engine {
+    /// The host port the engine's API is published on, for a container we run.
+    pub fn host_http_port(&self) -> Option<u16> {
+        self.labels
+            .get(labels::HOST_HTTP_PORT_LABEL)
+            .and_then(|p| p.parse().ok())
+    }
+}

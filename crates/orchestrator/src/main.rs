@@ -100,7 +100,7 @@ async fn healthcheck(config: &Config) -> ExitCode {
             let reason = if e.is_timeout() {
                 format!("no answer within {} s", timeout.as_secs())
             } else {
-                orchestrator::health::describe_request_error(&e, timeout)
+                orchestrator::engine_client::EngineError::from_request(&e, timeout).to_string()
             };
             eprintln!("not live: {url}: {reason}");
             ExitCode::FAILURE

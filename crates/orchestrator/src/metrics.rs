@@ -48,6 +48,8 @@ pub struct Metrics {
     pub selections: Family<ResultLabel, Counter>,
     pub replacements: Counter,
     pub replacement_suspended: Gauge,
+    pub store_queue_depth: Gauge,
+    pub store_dropped_writes: Gauge,
 }
 
 impl Default for Metrics {
@@ -74,6 +76,8 @@ impl Metrics {
             selections: Family::default(),
             replacements: Counter::default(),
             replacement_suspended: Gauge::default(),
+            store_queue_depth: Gauge::default(),
+            store_dropped_writes: Gauge::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters.
@@ -149,6 +153,16 @@ impl Metrics {
             "orch_replacement_suspended",
             "1 while too many engines are unhealthy at once to replace any (shared cause suspected)",
             m.replacement_suspended.clone(),
+        );
+        registry.register(
+            "orch_store_queue_depth",
+            "Writes waiting for the database writer (bounded; above the limit acknowledged writes get 503)",
+            m.store_queue_depth.clone(),
+        );
+        registry.register(
+            "orch_store_dropped_writes",
+            "Background writes (checks, stats) dropped because the database queue was full",
+            m.store_dropped_writes.clone(),
         );
         for status in HealthStatus::ALL {
             let _ = m.engines.get_or_create(&StatusLabel {

@@ -41,4 +41,3 @@ pub struct Loaded {
     pub checks: HashMap<String, VecDeque<HealthCheck>>,
     pub transitions: HashMap<String, VecDeque<HealthTransition>>,
 }
-

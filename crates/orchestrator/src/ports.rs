@@ -19,7 +19,34 @@ use std::net::{Ipv4Addr, TcpListener};
 
 use parking_lot::Mutex;
 
-use crate::config::{Config, PortRange};
+use std::fmt;
+
+/// An inclusive port range written `start-end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn len(&self) -> usize {
+        usize::from(self.end - self.start) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.start..=self.end).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.start, self.end)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PortError {
@@ -177,14 +204,6 @@ impl EnginePorts {
             http: PortAllocator::new(http),
             https: PortAllocator::new(https),
         }
-    }
-
-    pub fn from_config(config: &Config) -> Self {
-        Self::new(
-            config.port_range_host,
-            config.ace_http_range,
-            config.ace_https_range,
-        )
     }
 
     /// Ports for a new engine: all of them or none (what was taken before a

@@ -13,6 +13,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 
 use rusqlite::{params, Connection, Transaction};
@@ -43,11 +45,62 @@ pub enum StoreError {
     SchemaTooNew { found: usize, known: usize },
     #[error("the database writer has stopped")]
     Closed,
-    #[error("the database write failed: {0}")]
-    Write(String),
+    #[error("the database write failed ({}): {message}", .kind.as_str())]
+    Write { kind: WriteFailure, message: String },
+    /// More writes are waiting than the queue holds: the database is far
+    /// behind (or failing), and a change that could not be queued is refused
+    /// before it is made.
+    #[error("{depth} writes are waiting for the database (limit {limit})")]
+    Backlog { depth: usize, limit: usize },
     #[error("cannot start the database writer thread: {0}")]
     Thread(std::io::Error),
 }
+
+/// Why a commit failed, so that callers decide by kind, never by text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// The file or its directory is read-only (permissions, `chattr +i`, a
+    /// read-only mount).
+    ReadOnly,
+    /// Another process held the lock longer than the busy timeout.
+    Busy,
+    /// The disk is full.
+    Full,
+    Other,
+}
+
+impl WriteFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteFailure::ReadOnly => "read-only",
+            WriteFailure::Busy => "locked by another process",
+            WriteFailure::Full => "disk full",
+            WriteFailure::Other => "other",
+        }
+    }
+
+    fn of(error: &rusqlite::Error) -> WriteFailure {
+        use rusqlite::ErrorCode;
+        match error.sqlite_error_code() {
+            Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+                WriteFailure::ReadOnly
+            }
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => WriteFailure::Busy,
+            Some(ErrorCode::DiskFull) => WriteFailure::Full,
+            _ => WriteFailure::Other,
+        }
+    }
+}
+
+/// Most write jobs waiting for the writer. Above it, acknowledged writes are
+/// refused (503) before anything changes, and background bookkeeping is
+/// dropped and counted.
+pub const QUEUE_LIMIT: usize = 50_000;
+
+/// Most operations kept for a retry after failed commits. A database that
+/// stays unwritable for long loses the oldest background bookkeeping beyond
+/// this; acknowledged writes were answered 503 and the clients retry.
+const DIRTY_LIMIT: usize = 200_000;
 
 /// Limits for the periodic trimming of history tables.
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +112,7 @@ pub struct Retention {
 enum Job {
     Write {
         ops: Vec<WriteOp>,
-        ack: Option<oneshot::Sender<Result<(), String>>>,
+        ack: Option<oneshot::Sender<Result<(), (WriteFailure, String)>>>,
     },
     Trim {
         retention: Retention,
@@ -72,6 +125,12 @@ enum Job {
 #[derive(Clone)]
 pub struct Store {
     jobs: mpsc::UnboundedSender<Job>,
+    /// Jobs sent and not yet taken by the writer: the queue's depth, kept
+    /// here because it bounds the queue (the channel itself is unbounded so
+    /// that sending never blocks under the registry lock).
+    depth: Arc<AtomicUsize>,
+    /// Background writes dropped because the queue was full.
+    dropped: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -93,11 +152,21 @@ impl Store {
         migrate(&mut conn)?;
         let loaded = load(&conn, retention, ended_streams_max)?;
         let (jobs, rx) = mpsc::unbounded_channel();
+        let depth = Arc::new(AtomicUsize::new(0));
+        let writer_depth = depth.clone();
         thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, &writer_depth))
             .map_err(StoreError::Thread)?;
-        Ok((Store { jobs }, loaded))
+        let dropped = Arc::new(AtomicU64::new(0));
+        Ok((
+            Store {
+                jobs,
+                depth,
+                dropped,
+            },
+            loaded,
+        ))
     }
 
     /// Queues `ops` without waiting (background bookkeeping: health checks, stats).
@@ -107,9 +176,49 @@ impl Store {
         if ops.is_empty() {
             return;
         }
-        if self.jobs.send(Job::Write { ops, ack: None }).is_err() {
-            tracing::warn!("database writer has stopped; a background write was dropped");
+        if self.depth() >= QUEUE_LIMIT {
+            if self.dropped.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
+                tracing::warn!(
+                    depth = self.depth(),
+                    "the database is far behind; background bookkeeping is being dropped"
+                );
+            }
+            return;
         }
+        self.send(Job::Write { ops, ack: None });
+    }
+
+    fn send(&self, job: Job) -> bool {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        if self.jobs.send(job).is_err() {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!("database writer has stopped; a write was dropped");
+            return false;
+        }
+        true
+    }
+
+    /// Jobs waiting for the writer.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    /// Background writes dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Fails when an acknowledged write could not be queued. Checked before
+    /// a change is made, so that a refused change leaves memory untouched.
+    pub fn ensure_room(&self) -> Result<(), StoreError> {
+        let depth = self.depth();
+        if depth >= QUEUE_LIMIT {
+            return Err(StoreError::Backlog {
+                depth,
+                limit: QUEUE_LIMIT,
+            });
+        }
+        Ok(())
     }
 
     /// Queues `ops` and returns a receiver that resolves once they are committed.
@@ -117,23 +226,23 @@ impl Store {
     /// waiting happens after the lock is released.
     pub fn submit(&self, ops: Vec<WriteOp>) -> PendingWrite {
         let (ack, rx) = oneshot::channel();
-        let sent = self.jobs.send(Job::Write {
+        let sent = self.send(Job::Write {
             ops,
             ack: Some(ack),
         });
         PendingWrite {
-            rx: sent.ok().map(|_| rx),
+            rx: sent.then_some(rx),
         }
     }
 
     pub fn trim(&self, retention: Retention) {
-        let _ = self.jobs.send(Job::Trim { retention });
+        self.send(Job::Trim { retention });
     }
 
     /// Waits until everything queued before this call is committed.
     pub async fn flush(&self) {
         let (ack, rx) = oneshot::channel();
-        if self.jobs.send(Job::Flush { ack }).is_ok() {
+        if self.send(Job::Flush { ack }) {
             let _ = rx.await;
         }
     }
@@ -141,7 +250,7 @@ impl Store {
 
 /// A write that has been queued; await [`PendingWrite::committed`] before answering.
 pub struct PendingWrite {
-    rx: Option<oneshot::Receiver<Result<(), String>>>,
+    rx: Option<oneshot::Receiver<Result<(), (WriteFailure, String)>>>,
 }
 
 impl PendingWrite {
@@ -149,7 +258,7 @@ impl PendingWrite {
         let rx = self.rx.ok_or(StoreError::Closed)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(StoreError::Write(message)),
+            Ok(Err((kind, message))) => Err(StoreError::Write { kind, message }),
             Err(_) => Err(StoreError::Closed),
         }
     }
@@ -187,13 +296,19 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn writer_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
+fn writer_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, depth: &AtomicUsize) {
+    // Batches whose commit failed, oldest first. Their changes are already in
+    // memory, so they are written again, ahead of newer ones, with the next
+    // commit: memory and disk converge as soon as the database takes writes.
+    let mut dirty: VecDeque<Vec<WriteOp>> = VecDeque::new();
+    let mut dirty_ops = 0usize;
     while let Some(first) = jobs.blocking_recv() {
         let mut writes = Vec::new();
         let mut acks = Vec::new();
         let mut others = Vec::new();
         let mut next = Some(first);
         while let Some(job) = next.take() {
+            depth.fetch_sub(1, Ordering::Relaxed);
             match job {
                 Job::Write { ops, ack } => {
                     writes.push(ops);
@@ -207,10 +322,34 @@ fn writer_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
                 next = jobs.try_recv().ok();
             }
         }
-        if !writes.is_empty() {
-            let result = apply_all(&mut conn, &writes).map_err(|e| e.to_string());
-            if let Err(message) = &result {
-                tracing::error!(error = %message, ops = writes.len(), "database write failed");
+        // A trim or flush with nothing new to write retries what failed.
+        if !writes.is_empty() || !dirty.is_empty() {
+            let retried = dirty.len();
+            let result = apply_all(&mut conn, dirty.iter().chain(writes.iter()))
+                .map_err(|e| (WriteFailure::of(&e), e.to_string()));
+            match &result {
+                Ok(()) => {
+                    if retried > 0 {
+                        tracing::info!(batches = retried, "writes that had failed are saved now");
+                    }
+                    dirty.clear();
+                    dirty_ops = 0;
+                }
+                Err((kind, message)) => {
+                    if dirty.is_empty() {
+                        tracing::error!(error = %message, kind = kind.as_str(), "database write failed; the changes are kept and written again with the next commit");
+                    }
+                    for batch in writes {
+                        dirty_ops += batch.len();
+                        dirty.push_back(batch);
+                    }
+                    while dirty_ops > DIRTY_LIMIT {
+                        match dirty.pop_front() {
+                            Some(old) => dirty_ops -= old.len(),
+                            None => break,
+                        }
+                    }
+                }
             }
             for ack in acks {
                 let _ = ack.send(result.clone());
@@ -234,9 +373,12 @@ fn writer_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
 }
 
-fn apply_all(conn: &mut Connection, batches: &[Vec<WriteOp>]) -> rusqlite::Result<()> {
+fn apply_all<'a>(
+    conn: &mut Connection,
+    batches: impl Iterator<Item = &'a Vec<WriteOp>>,
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
-    for op in batches.iter().flatten() {
+    for op in batches.flatten() {
         apply(&tx, op)?;
     }
     tx.commit()

@@ -16,8 +16,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use orchestrator::config::{Label, PortRange};
+use orchestrator::ports::PortRange;
 use orchestrator::ports::{host_port_is_free, PortAllocator};
+use orchestrator::runtime::Label;
 use orchestrator::runtime::{
     ContainerRuntime, ContainerSpec, ContainerStatus, DockerRuntime, EventStream, PortMapping,
     RuntimeError, RuntimeEventKind,

@@ -219,11 +219,12 @@ async fn manual_checks_answer_with_the_verdict() {
     .await;
     let sim = Sim::start(2).await;
     let a = orch.register(sim.ports[0]).await;
-    let b = orch.register(sim.ports[1]).await;
-    assert_eq!(orch.engine(&a).await["health_status"], "unknown");
-    assert_eq!(orch.engine(&a).await["last_health_check"], Value::Null);
+    // A new engine is checked at once, not a 60 s interval later.
+    orch.wait_health(&a, "healthy", secs(2.0)).await;
+    assert!(orch.engine(&a).await["last_health_check"].is_string());
 
     sim.set_mode(Some(1), "hang").await;
+    let b = orch.register(sim.ports[1]).await;
     let (status, report) = orch.post("/health/check", Value::Null).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["checked"], 2);

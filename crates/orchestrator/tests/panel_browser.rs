@@ -745,18 +745,22 @@ async fn polling_the_api_key_and_failed_actions() {
     }
     let dir = tempfile::tempdir().unwrap();
     let key = "panel-test-key";
-    // Checks only on request, so engines stay "unknown" until someone asks;
-    // Docker unreachable, so provisioning fails without side effects.
+    // No sweeps, and a hung engine with a long timeout: the check a new
+    // engine gets at once stays unanswered, so the engine stays "unknown"
+    // until the test lets it answer. Docker unreachable, so provisioning
+    // fails without side effects.
     let orch = Orch::start(
         dir.path(),
         &[
             ("API_KEY", key),
             ("HEALTH_CHECK_INTERVAL_S", "3600"),
+            ("HEALTH_CHECK_TIMEOUT_S", "60"),
             ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
         ],
     )
     .await;
     let sim = Sim::start(1).await;
+    sim.set_mode(None, "hang").await;
 
     let browser = Browser::launch(1280, 900).await;
     browser.goto(&orch.url("/panel?push=0")).await;
@@ -813,6 +817,7 @@ async fn polling_the_api_key_and_failed_actions() {
     // With the key typed in, "Check now" works and the engine turns green.
     browser.type_into("#api-key", key).await;
     browser.click(&format!("{} .check", card(&id))).await;
+    sim.set_mode(None, "healthy").await;
     wait_health(&browser, &id, "healthy", GREEN, SHOWN).await;
     let checked = browser.text(&format!("{} .checked", card(&id))).await;
     assert!(is_ago(&checked), "{checked}");
@@ -912,7 +917,16 @@ impl EventReader {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_panel_routes_serve_assets_snapshots_and_events() {
     let dir = tempfile::tempdir().unwrap();
-    let orch = Orch::start(dir.path(), &[("HEALTH_CHECK_INTERVAL_S", "3600")]).await;
+    // No sweeps, and the engine below hangs with a long timeout, so the check
+    // a new engine gets at once leaves it "unknown" until the test asks.
+    let orch = Orch::start(
+        dir.path(),
+        &[
+            ("HEALTH_CHECK_INTERVAL_S", "3600"),
+            ("HEALTH_CHECK_TIMEOUT_S", "60"),
+        ],
+    )
+    .await;
     let client = reqwest::Client::new();
 
     let page = client.get(orch.url("/panel")).send().await.unwrap();
@@ -952,6 +966,7 @@ async fn the_panel_routes_serve_assets_snapshots_and_events() {
 
     // The snapshot carries exactly GET /engines.
     let sim = Sim::start(1).await;
+    sim.set_mode(None, "hang").await;
     let id = orch.register(sim.port()).await;
     let (status, snapshot) = orch.get("/panel/snapshot").await;
     assert_eq!(status, 200);
@@ -975,6 +990,7 @@ async fn the_panel_routes_serve_assets_snapshots_and_events() {
     assert_eq!(first["engines"][0]["health_status"], "unknown");
     assert_eq!(first["recent_checks"][&id], json!([]));
 
+    sim.set_mode(None, "healthy").await;
     let asked = Instant::now();
     let (status, _) = orch
         .post(&format!("/engines/{id}/health/check"), Value::Null)

@@ -252,7 +252,7 @@ pub async fn scale(
             "demand {text} is above MAX_REPLICAS ({max})"
         )));
     }
-    pool.set_demand(demand);
+    pool.set_demand(demand).await;
     Ok(Json(json!({
         "demand": demand,
         "min_replicas": pool.settings.min_replicas,
@@ -263,7 +263,10 @@ pub async fn scale(
 /// `POST /gc`: removes empty engines above the minimum now, without waiting
 /// for their grace period.
 pub async fn gc(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let plan = pool(&state)?.autoscale_once(Some(0.0)).await;
+    let plan = pool(&state)?
+        .collect_garbage()
+        .await
+        .ok_or_else(|| ApiError::Unavailable("the reconciler is not running".into()))?;
     Ok(Json(
         json!({ "removed": plan.remove, "provisioned": plan.provision }),
     ))

@@ -14,8 +14,8 @@ use serde_json::json;
 use super::error::{ApiError, AppJson, AppPath};
 use super::{json_response, AppState};
 use crate::domain::{CheckSource, Stream};
+use crate::engine_client::millis;
 use crate::health;
-use crate::registry::Registry;
 use crate::time::Timestamp;
 
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -23,9 +23,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     // held for the time of one serialization, never across I/O.
     let body = state
         .orch
-        .registry
-        .read()
-        .engines_json(Timestamp::now())
+        .read(|r| r.engines_json(Timestamp::now()))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
@@ -40,16 +38,17 @@ pub async fn get(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
 ) -> Result<Response, ApiError> {
-    let registry = state.orch.registry.read();
-    let engine = registry
-        .engine_view(&id, Timestamp::now())
-        .ok_or_else(|| ApiError::NotFound(format!("engine '{id}' not found")))?;
-    let streams: Vec<&Stream> = engine
-        .streams
-        .iter()
-        .filter_map(|sid| registry.stream(sid))
-        .collect();
-    json_response(&EngineWithStreams { engine, streams })
+    state.orch.read(|registry| {
+        let engine = registry
+            .engine_view(&id, Timestamp::now())
+            .ok_or_else(|| ApiError::NotFound(format!("engine '{id}' not found")))?;
+        let streams: Vec<&Stream> = engine
+            .streams
+            .iter()
+            .filter_map(|sid| registry.stream(sid))
+            .collect();
+        json_response(&EngineWithStreams { engine, streams })
+    })
 }
 
 #[derive(Deserialize)]
@@ -94,35 +93,15 @@ pub async fn register(
     let port = valid_port("port", body.port)?;
     let (id, created) = state
         .orch
-        .write(|registry, now| {
-            if let Some(id) = registry.find_engine(None, &body.host, port) {
-                return Ok::<_, std::convert::Infallible>(((id.to_owned(), false), Vec::new()));
-            }
-            let engine = Registry::new_external_engine(
-                &body.host,
-                port,
-                None,
-                body.name.clone(),
-                body.labels.clone(),
-                now,
-            );
-            let (id, ops) = registry.register(engine);
-            Ok(((id, true), ops))
-        })
+        .register_engine(body.host.trim(), port, body.name, body.labels)
         .await?;
-    if created {
-        tracing::info!(engine = %id, "engine registered");
-    }
-    let registry = state.orch.registry.read();
-    let view = registry
-        .engine_view(&id, Timestamp::now())
-        .ok_or_else(|| ApiError::NotFound(format!("engine '{id}' not found")))?;
+    let view = engine_json(&state, &id)?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(view)).into_response())
+    Ok((status, [(header::CONTENT_TYPE, "application/json")], view).into_response())
 }
 
 /// `DELETE /engines/{id}`: forgets an engine; its streams end.
@@ -132,7 +111,7 @@ pub async fn remove(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let engine = state
         .orch
-        .write(|registry, now| registry.remove_engine(&id, "engine removed through the API", now))
+        .forget_engine(&id, "engine removed through the API")
         .await?;
     tracing::info!(engine = %id, "engine removed");
     Ok(Json(
@@ -144,39 +123,51 @@ pub async fn health_history(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
 ) -> Result<Response, ApiError> {
-    let registry = state.orch.registry.read();
-    let history = registry
-        .health_history(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("engine '{id}' not found")))?;
-    json_response(&history)
+    state.orch.read(|registry| {
+        let history = registry
+            .health_history(&id)
+            .ok_or_else(|| ApiError::NotFound(format!("engine '{id}' not found")))?;
+        json_response(&history)
+    })
 }
 
 /// `POST /engines/{id}/health/check`: probes now and answers with the verdict.
 pub async fn check_one(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let target = state
+) -> Result<Response, ApiError> {
+    let (_, outcome) = state
         .orch
-        .registry
-        .read()
-        .probe_target(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("engine '{id}' not found")))?;
-    let (_, outcome) = health::check_engine(&state.orch, &target, CheckSource::Manual)
+        .check_engine(&id, CheckSource::Manual)
         .await
-        .ok_or_else(|| ApiError::NotFound(format!("engine '{id}' was removed during the check")))?;
-    let registry = state.orch.registry.read();
-    let engine = registry
-        .engine_view(&id, Timestamp::now())
         .ok_or_else(|| ApiError::NotFound(format!("engine '{id}' not found")))?;
-    Ok(Json(json!({
-        "engine": engine,
-        "check": {
-            "ok": outcome.ok,
-            "latency_ms": health::millis(outcome.latency),
-            "error": outcome.error,
-        }
-    })))
+    state.orch.read(|registry| {
+        let engine = registry.engine_view(&id, Timestamp::now()).ok_or_else(|| {
+            ApiError::NotFound(format!("engine '{id}' was removed during the check"))
+        })?;
+        json_response(&Checked {
+            engine,
+            check: Verdict {
+                ok: outcome.ok,
+                latency_ms: millis(outcome.latency),
+                error: outcome.error.as_deref(),
+            },
+        })
+    })
+}
+
+/// `POST /engines/{id}/health/check`'s answer.
+#[derive(serde::Serialize)]
+struct Checked<'a> {
+    engine: crate::registry::EngineView<'a>,
+    check: Verdict<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct Verdict<'a> {
+    ok: bool,
+    latency_ms: f64,
+    error: Option<&'a str>,
 }
 
 /// `POST /health/check`: a sweep over every engine, now.
@@ -214,64 +205,38 @@ pub async fn select(
             )))
         }
     };
-    let ttl = state.orch.settings.reservation_ttl_s;
-    let mut reservation =
-        state
-            .orch
-            .registry
-            .write()
-            .select_and_reserve(max, ttl, Timestamp::now());
-    // Nothing fits: start an engine when the pool may grow, then pick again
-    // (another caller may take the new engine first; then the answer is 503).
-    let mut provision_error = None;
-    if reservation.is_none() {
-        if let Some(pool) = &state.pool {
-            match pool.provision_engine(Default::default()).await {
-                Ok(_) => {
-                    reservation =
-                        state
-                            .orch
-                            .registry
-                            .write()
-                            .select_and_reserve(max, ttl, Timestamp::now());
-                }
-                Err(e) => provision_error = Some(e.to_string()),
-            }
-        }
-    }
-    let registry = state.orch.registry.read();
-    let now = Timestamp::now();
-    let Some(reservation) = reservation else {
-        drop(registry);
-        state
-            .orch
-            .metrics
-            .selections
-            .get_or_create(&crate::metrics::ResultLabel { result: "none" })
-            .inc();
-        let why = provision_error
-            .map(|e| format!("; no engine could be started: {e}"))
-            .unwrap_or_default();
-        return Err(ApiError::Unavailable(format!(
-            "no healthy engine has a free slot (limit {max} streams per engine){why}"
-        )));
-    };
-    let engine = registry
-        .engine_view(&reservation.engine_id, now)
-        .ok_or_else(|| ApiError::Internal("selected engine vanished".into()))?;
-    let body = json!({
-        "engine": engine,
-        "reservation_id": reservation.reservation_id,
-        "expires_at": reservation.expires_at,
-    });
-    drop(registry);
-    // A reservation changes the engine's load: live views should show it.
-    state.orch.changed();
-    state
+    let selection = state
         .orch
-        .metrics
-        .selections
-        .get_or_create(&crate::metrics::ResultLabel { result: "ok" })
-        .inc();
-    Ok(Json(body).into_response())
+        .select_or_provision(max)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let reservation = selection.reservation;
+    state.orch.read(|registry| {
+        let engine = registry
+            .engine_view(&reservation.engine_id, Timestamp::now())
+            .ok_or_else(|| ApiError::Internal("selected engine vanished".into()))?;
+        json_response(&Selected {
+            engine,
+            reservation_id: &reservation.reservation_id,
+            expires_at: reservation.expires_at,
+        })
+    })
+}
+
+/// `POST /engines/select`'s answer.
+#[derive(serde::Serialize)]
+struct Selected<'a> {
+    engine: crate::registry::EngineView<'a>,
+    reservation_id: &'a str,
+    expires_at: Timestamp,
+}
+
+/// One engine in its wire shape, serialized under the read lock.
+fn engine_json(state: &AppState, id: &str) -> Result<Vec<u8>, ApiError> {
+    state.orch.read(|registry| {
+        let view = registry
+            .engine_view(id, Timestamp::now())
+            .ok_or_else(|| ApiError::NotFound(format!("engine '{id}' not found")))?;
+        serde_json::to_vec(&view).map_err(|e| ApiError::Internal(e.to_string()))
+    })
 }

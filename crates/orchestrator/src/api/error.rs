@@ -106,7 +106,10 @@ impl From<ServiceError> for ApiError {
             // The database refused the write: the client did nothing wrong, and
             // the change is not durable, so say so instead of pretending.
             ServiceError::Store(
-                e @ (StoreError::Write(_) | StoreError::Sqlite(_) | StoreError::Closed),
+                e @ (StoreError::Write { .. }
+                | StoreError::Sqlite(_)
+                | StoreError::Closed
+                | StoreError::Backlog { .. }),
             ) => {
                 tracing::error!(error = %e, "write not saved");
                 ApiError::Unavailable(format!("the change could not be saved: {e}"))

@@ -1,6 +1,6 @@
 //! The events stream proxies send: `stream_started` and `stream_ended`.
 //!
-//! Real proxies are sloppy in known ways (CONTRACT.md): no `container_id`,
+//! Real proxies are sloppy in known ways (docs/CONTRACT.md): no `container_id`,
 //! `localhost` for an engine registered as `127.0.0.1`, `is_live` as `1`, and
 //! the same stream ended twice. All of that is absorbed here.
 
@@ -124,10 +124,7 @@ pub async fn stream_started(
             let known = container_id.as_deref().and_then(|id| {
                 state
                     .orch
-                    .registry
-                    .read()
-                    .engine(id)
-                    .map(|e| (e.host.clone(), e.port))
+                    .read(|r| r.engine(id).map(|e| (e.host.clone(), e.port)))
             });
             known.ok_or_else(|| {
                 ApiError::Unprocessable(
@@ -161,13 +158,7 @@ pub async fn stream_started(
         labels,
         reservation_id: non_empty(body.reservation_id),
     };
-    let stream = state
-        .orch
-        .write(|registry, now| registry.stream_started(event, now))
-        .await?;
-    state.orch.metrics.events_started.inc();
-    tracing::debug!(stream = %stream.id, engine = %stream.container_id, "stream started");
-    Ok(Json(stream))
+    Ok(Json(state.orch.stream_started(event).await?))
 }
 
 #[derive(Deserialize)]
@@ -191,16 +182,11 @@ pub async fn stream_ended(
     let reason = non_empty(body.reason);
     let (updated, stream) = state
         .orch
-        .write(|registry, now| {
-            let (updated, stream, ops) = registry.stream_ended(
-                container_id.as_deref(),
-                stream_id.as_deref(),
-                reason.as_deref(),
-                now,
-            );
-            Ok::<_, std::convert::Infallible>(((updated, stream), ops))
-        })
+        .stream_ended(
+            container_id.as_deref(),
+            stream_id.as_deref(),
+            reason.as_deref(),
+        )
         .await?;
-    state.orch.metrics.events_ended.inc();
     Ok(Json(json!({ "updated": updated, "stream": stream })))
 }

@@ -6,6 +6,7 @@ mod containers;
 mod engines;
 pub mod error;
 mod events;
+pub mod panel;
 mod streams;
 mod system;
 
@@ -95,10 +96,10 @@ routes! {
     GET "/by-label" true => get(containers::by_label);
     POST "/scale/{demand}" true => post(containers::scale);
     POST "/gc" true => post(containers::gc);
-    GET "/panel" false => get(crate::panel::index);
-    GET "/panel/assets/{file}" false => get(crate::panel::asset);
-    GET "/panel/events" false => get(crate::panel::events);
-    GET "/panel/snapshot" false => get(crate::panel::snapshot);
+    GET "/panel" false => get(panel::index);
+    GET "/panel/assets/{file}" false => get(panel::asset);
+    GET "/panel/events" false => get(panel::events);
+    GET "/panel/snapshot" false => get(panel::snapshot);
 }
 
 /// Serializes `value` into a JSON response. Used where the value borrows from

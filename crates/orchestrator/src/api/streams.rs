@@ -8,7 +8,6 @@ use serde_json::json;
 use super::error::{ApiError, AppPath, AppQuery};
 use super::AppState;
 use crate::domain::{Stream, StreamStatus};
-use crate::health::describe_request_error;
 use crate::time::Timestamp;
 
 #[derive(Deserialize)]
@@ -27,15 +26,13 @@ pub async fn list(
             ApiError::BadRequest(format!("status '{text}' is not one of started, ended"))
         })?),
     };
-    let registry = state.orch.registry.read();
-    let streams = registry
-        .streams(
-            status,
-            query.container_id.as_deref().filter(|c| !c.is_empty()),
-        )
-        .into_iter()
-        .cloned()
-        .collect();
+    let container_id = query.container_id.as_deref().filter(|c| !c.is_empty());
+    let streams = state.orch.read(|r| {
+        r.streams(status, container_id)
+            .into_iter()
+            .cloned()
+            .collect()
+    });
     Ok(Json(streams))
 }
 
@@ -45,10 +42,7 @@ pub async fn get(
 ) -> Result<Json<Stream>, ApiError> {
     state
         .orch
-        .registry
-        .read()
-        .stream(&id)
-        .cloned()
+        .read(|r| r.stream(&id).cloned())
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("stream '{id}' not found")))
 }
@@ -62,7 +56,7 @@ pub async fn stats(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
     AppQuery(query): AppQuery<StatsQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let since = match query.since.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(text) => Some(Timestamp::parse(text).map_err(|_| {
@@ -71,11 +65,12 @@ pub async fn stats(
             ))
         })?),
     };
-    let registry = state.orch.registry.read();
-    let stats = registry
-        .stats(&id, since)
-        .ok_or_else(|| ApiError::NotFound(format!("stream '{id}' not found")))?;
-    Ok(Json(json!(stats)))
+    state.orch.read(|registry| {
+        let stats = registry
+            .stats(&id, since)
+            .ok_or_else(|| ApiError::NotFound(format!("stream '{id}' not found")))?;
+        super::json_response(&stats)
+    })
 }
 
 /// `DELETE /streams/{id}`: asks the engine to stop (`command_url?method=stop`),
@@ -85,46 +80,9 @@ pub async fn stop(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let command_url = {
-        let registry = state.orch.registry.read();
-        let stream = registry
-            .stream(&id)
-            .ok_or_else(|| ApiError::NotFound(format!("stream '{id}' not found")))?;
-        (stream.status == StreamStatus::Started)
-            .then(|| stream.command_url.clone())
-            .flatten()
-    };
-    let engine_stop = match command_url {
-        None => "no command_url".to_owned(),
-        Some(url) => {
-            let timeout = state.orch.settings.health_timeout;
-            let result = async {
-                let mut url = reqwest::Url::parse(&url).map_err(|e| e.to_string())?;
-                url.query_pairs_mut().append_pair("method", "stop");
-                let response = state
-                    .orch
-                    .http
-                    .get(url)
-                    .timeout(timeout)
-                    .send()
-                    .await
-                    .map_err(|e| describe_request_error(&e, timeout))?;
-                if response.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("answered HTTP {}", response.status()))
-                }
-            }
-            .await;
-            match result {
-                Ok(()) => "ok".to_owned(),
-                Err(e) => format!("error: {e}"),
-            }
-        }
-    };
-    let stream = state
+    let (stream, engine_stop) = state
         .orch
-        .write(|registry, now| registry.stop_stream(&id, "stopped through the API", now))
+        .stop_stream(&id, "stopped through the API")
         .await?;
     Ok(Json(
         json!({ "stream": stream, "engine_stop": engine_stop }),

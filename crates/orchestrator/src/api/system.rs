@@ -33,10 +33,12 @@ pub async fn live() -> Json<serde_json::Value> {
 /// Ready once the database is open and migrated, which is before the listener
 /// accepts anything; the counts tell a probe what the pool looks like.
 pub async fn ready(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let registry = state.orch.registry.read();
+    let (engines, active_streams) = state
+        .orch
+        .read(|r| (r.engine_count(), r.active_stream_count()));
     Json(json!({
         "status": "ready",
-        "engines": registry.engine_count(),
-        "active_streams": registry.active_stream_count(),
+        "engines": engines,
+        "active_streams": active_streams,
     }))
 }

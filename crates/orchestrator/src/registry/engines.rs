@@ -3,7 +3,6 @@
 use super::*;
 
 impl Registry {
-
     /// Finds the engine an event names: by id, else by address. Loopback aliases
     /// are one host, and a container we run also answers to its published port.
     pub fn find_engine(&self, container_id: Option<&str>, host: &str, port: u16) -> Option<&str> {
@@ -14,7 +13,6 @@ impl Registry {
         }
         let host = canonical_host(host);
         let loopback = host == "127.0.0.1";
-        let port_text = port.to_string();
         self.engines
             .iter()
             .find(|(_, entry)| {
@@ -22,7 +20,7 @@ impl Registry {
                 (e.port == port && canonical_host(&e.host) == host)
                     || (loopback
                         && e.runtime == RuntimeKind::Docker
-                        && e.labels.get(HOST_HTTP_PORT_LABEL) == Some(&port_text))
+                        && e.host_http_port() == Some(port))
             })
             .map(|(id, _)| id.as_str())
     }
@@ -116,8 +114,18 @@ impl Registry {
         }
     }
 
+    /// Whether the mass-failure guard holds replacements back.
+    pub fn replacement_suspended(&self) -> bool {
+        self.replacement_suspended
+    }
+
     pub fn set_replacement_suspended(&mut self, suspended: bool) {
         self.replacement_suspended = suspended;
+    }
+
+    /// Ids of every engine.
+    pub fn all_engine_ids(&self) -> Vec<String> {
+        self.engines.keys().cloned().collect()
     }
 
     /// Ids of the engines that `runtime` runs.
@@ -187,5 +195,4 @@ impl Registry {
             transition,
         }]
     }
-
 }

@@ -3,7 +3,6 @@
 use super::*;
 
 impl Registry {
-
     pub fn probe_targets(&self) -> Vec<ProbeTarget> {
         self.engines
             .values()
@@ -106,5 +105,4 @@ impl Registry {
             ops,
         ))
     }
-
 }

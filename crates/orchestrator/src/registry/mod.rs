@@ -15,12 +15,9 @@ use crate::domain::{
     HealthCheck, HealthStatus, HealthTransition, KeyType, RuntimeKind, StatSnapshot, Stream,
     StreamStatus,
 };
-use crate::select::{self, Candidate};
 use crate::persist::{Loaded, WriteOp};
+use crate::select::{self, Candidate};
 use crate::time::Timestamp;
-
-/// Label on containers we run that names the published host port of the engine API.
-pub const HOST_HTTP_PORT_LABEL: &str = "host.http_port";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RegistryError {
@@ -237,7 +234,6 @@ impl Registry {
         }
         counts
     }
-
 }
 
 /// Appends `item`, dropping the oldest beyond `max`. The queue grows by

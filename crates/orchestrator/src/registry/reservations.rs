@@ -4,7 +4,6 @@
 use super::*;
 
 impl Registry {
-
     pub(super) fn reservation_counts(&self, now: Timestamp) -> HashMap<&str, u32> {
         let mut counts = HashMap::new();
         for r in self.reservations.iter().filter(|r| r.expires_at > now) {
@@ -13,8 +12,19 @@ impl Registry {
         counts
     }
 
-    pub fn purge_expired_reservations(&mut self, now: Timestamp) {
+    /// Drops expired reservations; answers how many went.
+    pub fn purge_expired_reservations(&mut self, now: Timestamp) -> usize {
+        let before = self.reservations.len();
         self.reservations.retain(|r| r.expires_at > now);
+        before - self.reservations.len()
+    }
+
+    /// Gives a reservation back early; answers whether it existed.
+    pub fn release_reservation(&mut self, reservation_id: &str) -> bool {
+        let before = self.reservations.len();
+        self.reservations
+            .retain(|r| r.reservation_id != reservation_id);
+        before != self.reservations.len()
     }
 
     pub(super) fn consume_reservation(

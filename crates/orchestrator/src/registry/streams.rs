@@ -3,7 +3,6 @@
 use super::*;
 
 impl Registry {
-
     /// Records a started stream, registering its engine when nobody knew it.
     pub fn stream_started(
         &mut self,
@@ -110,7 +109,12 @@ impl Registry {
     }
 
     /// Removes a stream from its engine's active set, closing a busy period.
-    pub(super) fn detach(&mut self, engine_id: &str, stream_id: &str, now: Timestamp) -> Vec<WriteOp> {
+    pub(super) fn detach(
+        &mut self,
+        engine_id: &str,
+        stream_id: &str,
+        now: Timestamp,
+    ) -> Vec<WriteOp> {
         let Some(entry) = self.engines.get_mut(engine_id) else {
             return Vec::new();
         };
@@ -309,7 +313,6 @@ impl Registry {
                 .unwrap_or_default(),
         )
     }
-
 }
 
 /// Accepts `url` only when it is http(s) and points at one of the given
@@ -349,4 +352,3 @@ pub(super) fn check_engine_url(
         })
     }
 }
-

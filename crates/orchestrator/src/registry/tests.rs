@@ -1,199 +1,203 @@
-    #[test]
-    fn bounded_histories_hold_no_more_room_than_they_keep() {
-        for max in [1, 3, 50, 720] {
-            let mut queue = std::collections::VecDeque::new();
-            for i in 0..max * 3 {
-                super::push_bounded(&mut queue, i, max);
-            }
-            assert_eq!(queue.len(), max);
-            assert_eq!(queue.front(), Some(&(max * 2)), "the oldest go first");
-            assert!(
-                queue.capacity() <= max,
-                "capacity {} for {max}",
-                queue.capacity()
-            );
+
+#[test]
+fn bounded_histories_hold_no_more_room_than_they_keep() {
+    for max in [1, 3, 50, 720] {
+        let mut queue = std::collections::VecDeque::new();
+        for i in 0..max * 3 {
+            super::push_bounded(&mut queue, i, max);
         }
-        let mut none = std::collections::VecDeque::new();
-        super::push_bounded(&mut none, 1, 0);
-        assert!(none.is_empty());
-    }
-
-    use super::*;
-
-    const LIMITS: Limits = Limits {
-        failure_threshold: 2,
-        health_history_max: 3,
-        stats_history_max: 2,
-        ended_streams_max: 2,
-    };
-
-    fn t(ms: i64) -> Timestamp {
-        Timestamp::from_millis(ms)
-    }
-
-    fn start(host: &str, port: u16, key: &str) -> StreamStart {
-        StreamStart {
-            container_id: None,
-            host: host.into(),
-            port,
-            key_type: KeyType::Infohash,
-            key: key.into(),
-            playback_session_id: Some("sess".into()),
-            stat_url: Some(format!("http://{host}:{port}/ace/stat/x/sess")),
-            command_url: None,
-            is_live: true,
-            labels: BTreeMap::new(),
-            reservation_id: None,
-        }
-    }
-
-    fn check(ok: bool, ms: i64) -> HealthCheck {
-        HealthCheck {
-            ts: t(ms),
-            ok,
-            source: CheckSource::Probe,
-            latency_ms: Some(1.0),
-            error: (!ok).then(|| "timed out".to_owned()),
-        }
-    }
-
-    #[test]
-    fn localhost_and_loopback_find_one_engine() {
-        let mut reg = Registry::new(LIMITS);
-        let (s1, _) = reg
-            .stream_started(start("127.0.0.1", 19023, "a"), t(1))
-            .unwrap();
-        let (s2, _) = reg
-            .stream_started(start("localhost", 19023, "b"), t(2))
-            .unwrap();
-        assert_eq!(s1.container_id, "127.0.0.1:19023");
-        assert_eq!(s2.container_id, s1.container_id);
-        assert_eq!(reg.engine_count(), 1);
-        assert_eq!(
-            reg.engine("127.0.0.1:19023").unwrap().usage.streams_total,
-            2
+        assert_eq!(queue.len(), max);
+        assert_eq!(queue.front(), Some(&(max * 2)), "the oldest go first");
+        assert!(
+            queue.capacity() <= max,
+            "capacity {} for {max}",
+            queue.capacity()
         );
     }
+    let mut none = std::collections::VecDeque::new();
+    super::push_bounded(&mut none, 1, 0);
+    assert!(none.is_empty());
+}
 
-    #[test]
-    fn docker_engines_answer_to_their_published_port() {
-        let mut reg = Registry::new(LIMITS);
-        let mut engine = Registry::new_external_engine(
-            "engine-3",
-            40001,
-            Some("abc123".into()),
-            Some("engine-3".into()),
-            BTreeMap::from([(HOST_HTTP_PORT_LABEL.into(), "19005".into())]),
-            t(0),
-        );
-        engine.runtime = RuntimeKind::Docker;
-        reg.register(engine);
-        assert_eq!(reg.find_engine(None, "localhost", 19005), Some("abc123"));
-        assert_eq!(reg.find_engine(None, "10.1.1.1", 19005), None);
+use super::*;
+
+const LIMITS: Limits = Limits {
+    failure_threshold: 2,
+    health_history_max: 3,
+    stats_history_max: 2,
+    ended_streams_max: 2,
+};
+
+fn t(ms: i64) -> Timestamp {
+    Timestamp::from_millis(ms)
+}
+
+fn start(host: &str, port: u16, key: &str) -> StreamStart {
+    StreamStart {
+        container_id: None,
+        host: host.into(),
+        port,
+        key_type: KeyType::Infohash,
+        key: key.into(),
+        playback_session_id: Some("sess".into()),
+        stat_url: Some(format!("http://{host}:{port}/ace/stat/x/sess")),
+        command_url: None,
+        is_live: true,
+        labels: BTreeMap::new(),
+        reservation_id: None,
     }
+}
 
-    #[test]
-    fn threshold_then_one_success_recovers() {
-        let mut reg = Registry::new(LIMITS);
-        reg.register(Registry::new_external_engine(
-            "h",
-            1,
-            None,
-            None,
-            BTreeMap::new(),
-            t(0),
-        ));
-        let (r, _) = reg.record_check("h:1", check(false, 1)).unwrap();
-        assert_eq!(
-            r.status,
-            HealthStatus::Unknown,
-            "one failure is under the threshold"
-        );
-        let (r, _) = reg.record_check("h:1", check(false, 2)).unwrap();
-        assert_eq!(r.status, HealthStatus::Unhealthy);
-        let tr = r.transition.unwrap();
-        assert_eq!(
-            (tr.from, tr.to),
-            (HealthStatus::Unknown, HealthStatus::Unhealthy)
-        );
-        assert!(tr.reason.contains("timed out"), "{}", tr.reason);
-        let (r, _) = reg.record_check("h:1", check(true, 3)).unwrap();
-        assert_eq!(r.status, HealthStatus::Healthy);
-        let history = reg.health_history("h:1").unwrap();
-        assert_eq!(history.checks.len(), 3, "bounded to health_history_max");
-        assert_eq!(history.transitions.len(), 2);
-        assert!(reg.record_check("gone:1", check(true, 4)).is_none());
+fn check(ok: bool, ms: i64) -> HealthCheck {
+    HealthCheck {
+        ts: t(ms),
+        ok,
+        source: CheckSource::Probe,
+        latency_ms: Some(1.0),
+        error: (!ok).then(|| "timed out".to_owned()),
     }
+}
 
-    #[test]
-    fn ending_twice_and_ending_the_unknown_change_nothing() {
-        let mut reg = Registry::new(LIMITS);
+#[test]
+fn localhost_and_loopback_find_one_engine() {
+    let mut reg = Registry::new(LIMITS);
+    let (s1, _) = reg
+        .stream_started(start("127.0.0.1", 19023, "a"), t(1))
+        .unwrap();
+    let (s2, _) = reg
+        .stream_started(start("localhost", 19023, "b"), t(2))
+        .unwrap();
+    assert_eq!(s1.container_id, "127.0.0.1:19023");
+    assert_eq!(s2.container_id, s1.container_id);
+    assert_eq!(reg.engine_count(), 1);
+    assert_eq!(
+        reg.engine("127.0.0.1:19023").unwrap().usage.streams_total,
+        2
+    );
+}
+
+#[test]
+fn docker_engines_answer_to_their_published_port() {
+    let mut reg = Registry::new(LIMITS);
+    let mut engine = Registry::new_external_engine(
+        "engine-3",
+        40001,
+        Some("abc123".into()),
+        Some("engine-3".into()),
+        BTreeMap::from([(
+            crate::domain::labels::HOST_HTTP_PORT_LABEL.into(),
+            "19005".into(),
+        )]),
+        t(0),
+    );
+    engine.runtime = RuntimeKind::Docker;
+    reg.register(engine);
+    assert_eq!(reg.find_engine(None, "localhost", 19005), Some("abc123"));
+    assert_eq!(reg.find_engine(None, "10.1.1.1", 19005), None);
+}
+
+#[test]
+fn threshold_then_one_success_recovers() {
+    let mut reg = Registry::new(LIMITS);
+    reg.register(Registry::new_external_engine(
+        "h",
+        1,
+        None,
+        None,
+        BTreeMap::new(),
+        t(0),
+    ));
+    let (r, _) = reg.record_check("h:1", check(false, 1)).unwrap();
+    assert_eq!(
+        r.status,
+        HealthStatus::Unknown,
+        "one failure is under the threshold"
+    );
+    let (r, _) = reg.record_check("h:1", check(false, 2)).unwrap();
+    assert_eq!(r.status, HealthStatus::Unhealthy);
+    let tr = r.transition.unwrap();
+    assert_eq!(
+        (tr.from, tr.to),
+        (HealthStatus::Unknown, HealthStatus::Unhealthy)
+    );
+    assert!(tr.reason.contains("timed out"), "{}", tr.reason);
+    let (r, _) = reg.record_check("h:1", check(true, 3)).unwrap();
+    assert_eq!(r.status, HealthStatus::Healthy);
+    let history = reg.health_history("h:1").unwrap();
+    assert_eq!(history.checks.len(), 3, "bounded to health_history_max");
+    assert_eq!(history.transitions.len(), 2);
+    assert!(reg.record_check("gone:1", check(true, 4)).is_none());
+}
+
+#[test]
+fn ending_twice_and_ending_the_unknown_change_nothing() {
+    let mut reg = Registry::new(LIMITS);
+    let (s, _) = reg
+        .stream_started(start("127.0.0.1", 5, "k"), t(1_000))
+        .unwrap();
+    let (updated, stream, _) = reg.stream_ended(None, Some(&s.id), None, t(3_000));
+    assert!(updated);
+    assert_eq!(stream.unwrap().status, StreamStatus::Ended);
+    let (updated, stream, ops) = reg.stream_ended(None, Some(&s.id), None, t(4_000));
+    assert!(!updated && stream.is_some() && ops.is_empty());
+    let (updated, stream, _) = reg.stream_ended(None, Some("nope"), None, t(4_000));
+    assert!(!updated && stream.is_none());
+    let usage = &reg.engine(&s.container_id).unwrap().usage;
+    assert_eq!(usage.busy_seconds(t(10_000)), 2.0);
+}
+
+#[test]
+fn foreign_stat_urls_are_refused() {
+    let mut reg = Registry::new(LIMITS);
+    let mut ev = start("127.0.0.1", 19023, "k");
+    ev.stat_url = Some("http://169.254.169.254/latest/meta-data".into());
+    assert!(matches!(
+        reg.stream_started(ev, t(1)),
+        Err(RegistryError::ForeignUrl {
+            field: "stat_url",
+            ..
+        })
+    ));
+    let mut ev = start("127.0.0.1", 19023, "k");
+    ev.command_url = Some("http://localhost:19023/ace/cmd/x/y".into());
+    assert!(
+        reg.stream_started(ev, t(1)).is_ok(),
+        "loopback alias is the same engine"
+    );
+}
+
+#[test]
+fn selection_reserves_so_the_last_slot_goes_once() {
+    let mut reg = Registry::new(LIMITS);
+    reg.register(Registry::new_external_engine(
+        "h",
+        1,
+        None,
+        None,
+        BTreeMap::new(),
+        t(0),
+    ));
+    reg.record_check("h:1", check(true, 1));
+    let first = reg.select_and_reserve(1, 30.0, t(2));
+    assert_eq!(first.unwrap().engine_id, "h:1");
+    assert!(
+        reg.select_and_reserve(1, 30.0, t(3)).is_none(),
+        "slot is reserved"
+    );
+    assert!(
+        reg.select_and_reserve(1, 30.0, t(40_000)).is_some(),
+        "reservation expired"
+    );
+}
+
+#[test]
+fn ended_streams_are_bounded_in_memory() {
+    let mut reg = Registry::new(LIMITS);
+    for i in 0..4 {
         let (s, _) = reg
-            .stream_started(start("127.0.0.1", 5, "k"), t(1_000))
+            .stream_started(start("127.0.0.1", 5, &format!("k{i}")), t(i))
             .unwrap();
-        let (updated, stream, _) = reg.stream_ended(None, Some(&s.id), None, t(3_000));
-        assert!(updated);
-        assert_eq!(stream.unwrap().status, StreamStatus::Ended);
-        let (updated, stream, ops) = reg.stream_ended(None, Some(&s.id), None, t(4_000));
-        assert!(!updated && stream.is_some() && ops.is_empty());
-        let (updated, stream, _) = reg.stream_ended(None, Some("nope"), None, t(4_000));
-        assert!(!updated && stream.is_none());
-        let usage = &reg.engine(&s.container_id).unwrap().usage;
-        assert_eq!(usage.busy_seconds(t(10_000)), 2.0);
+        reg.stream_ended(None, Some(&s.id), None, t(i + 10));
     }
-
-    #[test]
-    fn foreign_stat_urls_are_refused() {
-        let mut reg = Registry::new(LIMITS);
-        let mut ev = start("127.0.0.1", 19023, "k");
-        ev.stat_url = Some("http://169.254.169.254/latest/meta-data".into());
-        assert!(matches!(
-            reg.stream_started(ev, t(1)),
-            Err(RegistryError::ForeignUrl {
-                field: "stat_url",
-                ..
-            })
-        ));
-        let mut ev = start("127.0.0.1", 19023, "k");
-        ev.command_url = Some("http://localhost:19023/ace/cmd/x/y".into());
-        assert!(
-            reg.stream_started(ev, t(1)).is_ok(),
-            "loopback alias is the same engine"
-        );
-    }
-
-    #[test]
-    fn selection_reserves_so_the_last_slot_goes_once() {
-        let mut reg = Registry::new(LIMITS);
-        reg.register(Registry::new_external_engine(
-            "h",
-            1,
-            None,
-            None,
-            BTreeMap::new(),
-            t(0),
-        ));
-        reg.record_check("h:1", check(true, 1));
-        let first = reg.select_and_reserve(1, 30.0, t(2));
-        assert_eq!(first.unwrap().engine_id, "h:1");
-        assert!(
-            reg.select_and_reserve(1, 30.0, t(3)).is_none(),
-            "slot is reserved"
-        );
-        assert!(
-            reg.select_and_reserve(1, 30.0, t(40_000)).is_some(),
-            "reservation expired"
-        );
-    }
-
-    #[test]
-    fn ended_streams_are_bounded_in_memory() {
-        let mut reg = Registry::new(LIMITS);
-        for i in 0..4 {
-            let (s, _) = reg
-                .stream_started(start("127.0.0.1", 5, &format!("k{i}")), t(i))
-                .unwrap();
-            reg.stream_ended(None, Some(&s.id), None, t(i + 10));
-        }
-        assert_eq!(reg.streams(Some(StreamStatus::Ended), None).len(), 2);
-    }
+    assert_eq!(reg.streams(Some(StreamStatus::Ended), None).len(), 2);
+}

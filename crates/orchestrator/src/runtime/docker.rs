@@ -29,11 +29,11 @@ use futures::future::{self, BoxFuture};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::OnceCell;
 
+use super::Label;
 use super::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ContainerStatus, EventStream, PortMapping,
     RuntimeError, RuntimeEvent, RuntimeEventKind,
 };
-use crate::config::Label;
 use crate::time::Timestamp;
 
 /// Where Docker listens when `DOCKER_HOST` is unset.

@@ -15,12 +15,24 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde::Serialize;
 
-use crate::config::Label;
 use crate::time::Timestamp;
 
 pub mod docker;
 
 pub use docker::DockerRuntime;
+
+/// A Docker label written `key=value`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Label {
+    pub key: String,
+    pub value: String,
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.key, self.value)
+    }
+}
 
 /// A container to start.
 #[derive(Debug, Clone, PartialEq, Eq)]

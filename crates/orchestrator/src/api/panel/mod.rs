@@ -23,8 +23,8 @@ use futures::Stream;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::api::error::{ApiError, AppPath};
-use crate::api::AppState;
+use super::error::{ApiError, AppPath};
+use super::AppState;
 use crate::domain::StreamStatus;
 use crate::registry::Registry;
 use crate::service::Orchestrator;
@@ -218,8 +218,8 @@ pub fn snapshot_json(registry: &Registry, now: Timestamp) -> serde_json::Result<
 /// Takes a snapshot under the read lock. A plain function, so that the lock
 /// guard cannot live across an await of the event stream.
 fn take_snapshot(orch: &Orchestrator) -> Result<String, ApiError> {
-    let registry = orch.registry.read();
-    snapshot_json(&registry, Timestamp::now()).map_err(|e| ApiError::Internal(e.to_string()))
+    orch.read(|registry| snapshot_json(registry, Timestamp::now()))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// `GET /panel/snapshot`: the snapshot the event stream sends, once.

@@ -1,15 +1,28 @@
-//! The orchestrator's shared core: the registry behind its lock, the store, the
-//! metrics and the HTTP client used to talk to engines. API handlers and
-//! background loops go through here.
+//! The service layer: the one place where the orchestrator's state changes.
+//!
+//! [`Orchestrator`] owns the registry (behind its lock, private to this
+//! module), the store, the metrics and the engine client. Handlers, background
+//! loops and the dashboard read through [`Orchestrator::read`] (a closure, so no
+//! lock guard escapes into async code) and change state only through the domain
+//! commands in `engines.rs` and `streams.rs`, each of which persists, notifies
+//! live views and records metrics in one place.
 
+mod engines;
+mod streams;
+
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use parking_lot::RwLock;
 
+pub use engines::{SelectError, Selection};
+
 use crate::config::Config;
+use crate::engine_client::EngineClient;
 use crate::metrics::Metrics;
-use crate::registry::{Limits, Registry, RegistryError};
 use crate::persist::WriteOp;
+use crate::registry::{Limits, Registry, RegistryError};
 use crate::store::{Retention, Store, StoreError};
 use crate::time::Timestamp;
 
@@ -61,14 +74,21 @@ impl Settings {
     }
 }
 
+/// Starts an engine when selection finds no free slot. The container pool
+/// implements it; the service holds it weakly (the pool holds the service).
+pub trait Provisioner: Send + Sync {
+    /// Starts one engine and answers its id once its API answers.
+    fn provision(&self) -> BoxFuture<'_, Result<String, String>>;
+}
+
 pub struct Orchestrator {
-    pub registry: RwLock<Registry>,
-    pub store: Store,
+    registry: RwLock<Registry>,
+    store: Store,
     pub metrics: Metrics,
     pub settings: Settings,
-    /// For engine APIs: probes, stat polls, stop commands. Each request sets its
-    /// own timeout.
-    pub http: reqwest::Client,
+    /// The engines' HTTP API: probes, stat polls, stop commands, streams.
+    pub engines: EngineClient,
+    provisioner: OnceLock<Weak<dyn Provisioner>>,
     /// Bumped after every registry change; live views (the dashboard's event
     /// stream) watch it instead of polling the registry.
     changes: tokio::sync::watch::Sender<u64>,
@@ -76,37 +96,41 @@ pub struct Orchestrator {
 
 impl Orchestrator {
     pub fn new(registry: Registry, store: Store, settings: Settings) -> Self {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!(
-                "acestream-orchestrator/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            // Engines are plain HTTP on a LAN; never follow a redirect elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(settings.health_timeout)
-            // No idle keep-alive connections: with 1,000 engines they would hold
-            // ~20 MB of buffers and a descriptor each, and a fresh connection per
-            // probe also proves the engine still accepts connections. Loopback
-            // or LAN connects cost microseconds.
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap_or_default();
         let orch = Self {
             registry: RwLock::new(registry),
             store,
             metrics: Metrics::new(),
+            engines: EngineClient::new(settings.health_timeout),
             settings,
-            http,
+            provisioner: OnceLock::new(),
             changes: tokio::sync::watch::Sender::new(0),
         };
         orch.refresh_gauges();
         orch
     }
 
-    /// Applies a change to the registry and waits until it is committed. The
-    /// write is queued under the lock (so the database sees changes in registry
-    /// order) and awaited after the lock is gone.
-    pub async fn write<T, E>(
+    /// Lets selection start engines. Set once, by the container pool.
+    pub fn set_provisioner(&self, provisioner: Weak<dyn Provisioner>) {
+        let _ = self.provisioner.set(provisioner);
+    }
+
+    fn provisioner(&self) -> Option<Arc<dyn Provisioner>> {
+        self.provisioner.get().and_then(Weak::upgrade)
+    }
+
+    /// Reads the registry. The closure runs under the read lock and must not
+    /// block; what it returns must not borrow from the registry, so no guard
+    /// can live across an await.
+    pub fn read<T>(&self, read: impl FnOnce(&Registry) -> T) -> T {
+        read(&self.registry.read())
+    }
+
+    /// Applies a change and waits until it is committed. The write is queued
+    /// under the lock (so the database sees changes in registry order) and
+    /// awaited after the lock is gone. When the commit fails, the store keeps
+    /// the change and writes it again with the next commit that succeeds, so
+    /// memory and disk converge once the database is writable again.
+    async fn write<T, E>(
         &self,
         change: impl FnOnce(&mut Registry, Timestamp) -> Result<(T, Vec<WriteOp>), E>,
     ) -> Result<T, ServiceError>
@@ -115,6 +139,9 @@ impl Orchestrator {
     {
         let (value, pending) = {
             let mut registry = self.registry.write();
+            // Refuse before changing anything when the database is far behind:
+            // an acknowledged write must never be dropped for lack of room.
+            self.store.ensure_room()?;
             let (value, ops) = change(&mut registry, Timestamp::now())?;
             (value, (!ops.is_empty()).then(|| self.store.submit(ops)))
         };
@@ -128,20 +155,23 @@ impl Orchestrator {
     }
 
     /// Like [`Orchestrator::write`] for bookkeeping that nobody waits for.
-    pub fn write_in_background<T>(
+    fn write_in_background<T>(
         &self,
         change: impl FnOnce(&mut Registry, Timestamp) -> (T, Vec<WriteOp>),
     ) -> T {
         let mut registry = self.registry.write();
         let (value, ops) = change(&mut registry, Timestamp::now());
+        let wrote = !ops.is_empty();
         self.store.enqueue(ops);
         drop(registry);
-        self.changed();
+        if wrote {
+            self.changed();
+        }
         value
     }
 
     /// Tells watchers that the registry changed.
-    pub fn changed(&self) {
+    fn changed(&self) {
         self.changes
             .send_modify(|version| *version = version.wrapping_add(1));
     }
@@ -152,9 +182,32 @@ impl Orchestrator {
     }
 
     pub fn refresh_gauges(&self) {
-        let registry = self.registry.read();
+        let (counts, active) = self.read(|r| (r.health_counts(), r.active_stream_count()));
+        self.metrics.set_engine_counts(counts, active);
         self.metrics
-            .set_engine_counts(registry.health_counts(), registry.active_stream_count());
+            .store_queue_depth
+            .set(self.store.depth() as i64);
+        self.metrics
+            .store_dropped_writes
+            .set(self.store.dropped() as i64);
+    }
+
+    /// Periodic housekeeping: expired reservations leave the engines' load,
+    /// history tables are trimmed.
+    pub fn housekeeping(&self) {
+        let purged = self
+            .registry
+            .write()
+            .purge_expired_reservations(Timestamp::now());
+        if purged > 0 {
+            self.changed();
+        }
+        self.store.trim(self.settings.retention);
+    }
+
+    /// Waits until everything queued is committed (or given up on).
+    pub async fn flush(&self) {
+        self.store.flush().await;
     }
 }
 

@@ -1,0 +1,337 @@
+//! The reconciler: the one task that changes the set of containers on its own
+//! initiative. Like a kube-runtime controller it is a loop around one step
+//! function, [`Reconciler::step`], which takes what woke it (the clock, a
+//! runtime event, a command) and answers how long it may sleep. What it does:
+//!
+//! - **resync** every `MONITOR_INTERVAL_S` and on container events: adopt
+//!   running containers with our label, forget engines whose container is gone;
+//! - **replace** an engine we run that stayed unhealthy past the grace period,
+//!   one per cooldown, none while too many are unhealthy at once (a shared
+//!   cause: network, VPN, host) — the mass-failure guard;
+//! - **autoscale** every `AUTOSCALE_INTERVAL_S`, and at once when `/scale` or
+//!   `/gc` (commands sent to this task) ask for it.
+//!
+//! Provisioning itself is the pool's; the reconciler only decides.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::labels::{engine_from, ports_from_labels, ports_from_published};
+use super::{EngineRequest, Pool};
+use crate::autoscale::{self, Plan, Policy};
+use crate::domain::{CheckSource, RuntimeKind};
+use crate::runtime::{RuntimeError, RuntimeEvent, RuntimeEventKind};
+use crate::time::Timestamp;
+
+/// What the API asks of the reconciler.
+#[derive(Debug)]
+pub enum Command {
+    /// `POST /scale/{demand}`: keep at least this many engines.
+    Scale(u32),
+    /// `POST /gc`: remove idle engines now, ignoring their grace period.
+    Gc(oneshot::Sender<Plan>),
+}
+
+/// What woke the reconciler.
+#[derive(Debug)]
+pub enum Trigger {
+    /// A deadline passed (or the first step).
+    Tick,
+    Event(RuntimeEvent),
+    Command(Command),
+}
+
+pub struct Reconciler {
+    pool: Arc<Pool>,
+    inbox: mpsc::Receiver<Command>,
+    next_resync: Instant,
+    next_autoscale: Instant,
+    last_replacement: Option<Instant>,
+}
+
+impl Reconciler {
+    pub(super) fn new(pool: Arc<Pool>, inbox: mpsc::Receiver<Command>) -> Self {
+        let now = Instant::now();
+        Self {
+            pool,
+            inbox,
+            next_resync: now,
+            next_autoscale: now,
+            last_replacement: None,
+        }
+    }
+
+    /// Does what is due, answers how long until something else is due.
+    pub async fn step(&mut self, trigger: Trigger) -> Duration {
+        match trigger {
+            Trigger::Tick => {}
+            Trigger::Event(event) => self.on_event(event).await,
+            Trigger::Command(Command::Scale(demand)) => {
+                self.pool.demand.store(demand, Ordering::SeqCst);
+                self.next_autoscale = Instant::now();
+            }
+            Trigger::Command(Command::Gc(reply)) => {
+                let plan = self.autoscale(Some(0.0)).await;
+                let _ = reply.send(plan);
+            }
+        }
+        let now = Instant::now();
+        if now >= self.next_resync {
+            let _ = self.pool.resync().await;
+            self.replace_unhealthy().await;
+            self.next_resync = Instant::now() + self.pool.settings.monitor_interval;
+        }
+        if now >= self.next_autoscale {
+            self.autoscale(None).await;
+            self.next_autoscale = Instant::now() + self.pool.settings.autoscale_interval;
+        }
+        self.next_resync
+            .min(self.next_autoscale)
+            .saturating_duration_since(Instant::now())
+    }
+
+    /// Runs until `shutdown`: follows the runtime's events (re-subscribing
+    /// after a loss), takes commands, and steps when a deadline passes.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut events = None;
+        let mut delay = Duration::ZERO;
+        loop {
+            if events.is_none() && self.pool.reachable.load(Ordering::SeqCst) {
+                match self.pool.runtime.events(&self.pool.settings.label).await {
+                    Ok(stream) => events = Some(stream),
+                    Err(e) => tracing::debug!(error = %e, "cannot follow runtime events yet"),
+                }
+            }
+            let next_event = async {
+                match events.as_mut() {
+                    Some(stream) => futures::StreamExt::next(stream).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let trigger = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => Trigger::Tick,
+                command = self.inbox.recv() => match command {
+                    Some(command) => Trigger::Command(command),
+                    None => break,
+                },
+                event = next_event => match event {
+                    Some(Ok(event)) => Trigger::Event(event),
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "runtime event stream failed");
+                        events = None;
+                        Trigger::Tick
+                    }
+                    None => {
+                        events = None;
+                        Trigger::Tick
+                    }
+                },
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = self.step(trigger) => delay = next,
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: RuntimeEvent) {
+        tracing::debug!(container = %event.container_id, kind = ?event.kind, "runtime event");
+        match event.kind {
+            RuntimeEventKind::Pause | RuntimeEventKind::Unpause => {
+                // A paused engine hangs: check it now instead of at the next sweep.
+                let orch = self.pool.orch.clone();
+                tokio::spawn(async move {
+                    orch.check_engine(&event.container_id, CheckSource::Probe)
+                        .await;
+                });
+            }
+            _ => {
+                let _ = self.pool.resync().await;
+            }
+        }
+    }
+
+    /// One autoscaler decision, carried out; `grace_s` overrides the grace
+    /// period (`POST /gc` passes 0).
+    async fn autoscale(&mut self, grace_s: Option<f64>) -> Plan {
+        let pool = &self.pool;
+        let now = Timestamp::now();
+        let policy = Policy {
+            min_free: pool.settings.min_replicas,
+            max_total: pool.settings.max_replicas,
+            demand: pool.demand(),
+            grace_s: grace_s.unwrap_or(pool.settings.grace_s),
+            auto_delete: pool.settings.auto_delete,
+        };
+        let engines = pool.orch.read(|r| r.pool(now));
+        let plan = autoscale::decide(&engines, &policy, now);
+        if plan.is_empty() {
+            return plan;
+        }
+        tracing::info!(
+            provision = plan.provision,
+            remove = plan.remove.len(),
+            "autoscaling"
+        );
+        for id in &plan.remove {
+            if let Err(e) = pool
+                .remove(id, "idle engine removed by the autoscaler")
+                .await
+            {
+                tracing::warn!(container = %id, error = %e, "autoscaler could not remove an engine");
+            }
+        }
+        for _ in 0..plan.provision {
+            if let Err(e) = pool.provision_engine(EngineRequest::default()).await {
+                tracing::warn!(error = %e, "autoscaler could not provision an engine");
+                break;
+            }
+        }
+        plan
+    }
+
+    /// Replaces one engine that has stayed unhealthy past the grace period:
+    /// the new one is ready before the old one goes. None while more than
+    /// `HEALTH_MAX_UNHEALTHY_PERCENT` are unhealthy, and one per cooldown.
+    async fn replace_unhealthy(&mut self) {
+        let pool = self.pool.clone();
+        let settings = &pool.settings;
+        let now = Timestamp::now();
+        let (total, unhealthy, overdue, suspended) = pool.orch.read(|registry| {
+            let total = registry.engines_run_by(RuntimeKind::Docker).count();
+            let unhealthy = registry.unhealthy_since(now).len();
+            let overdue = registry.unhealthy_since(now.plus_seconds(-settings.unhealthy_grace_s));
+            (total, unhealthy, overdue, registry.replacement_suspended())
+        });
+        let share_exceeded =
+            total > 0 && unhealthy * 100 > total * usize::from(settings.max_unhealthy_percent);
+        if share_exceeded != suspended {
+            pool.orch.set_replacement_suspended(share_exceeded);
+            if share_exceeded {
+                tracing::warn!(unhealthy, total, "more than {}% of the engines are unhealthy: suspecting a shared cause (network, VPN, host); replacing none", settings.max_unhealthy_percent);
+            } else {
+                tracing::info!(
+                    unhealthy,
+                    total,
+                    "unhealthy share back under the limit; replacements resume"
+                );
+            }
+        }
+        if share_exceeded {
+            return;
+        }
+        let Some((old, since)) = overdue.into_iter().min_by_key(|(_, since)| *since) else {
+            return;
+        };
+        if self
+            .last_replacement
+            .is_some_and(|at| at.elapsed().as_secs_f64() < settings.replacement_cooldown_s)
+        {
+            return;
+        }
+        self.last_replacement = Some(Instant::now());
+        let broken_for = since.seconds_until(now);
+        tracing::info!(container = %old, broken_for_s = broken_for, "replacing an engine that stayed unhealthy");
+        // One engine above MAX_REPLICAS for the moment the two overlap.
+        let new = match pool
+            .provision_engine_within(EngineRequest::default(), settings.max_replicas + 1)
+            .await
+        {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::warn!(container = %old, error = %e, "could not start a replacement; will try again after the cooldown");
+                return;
+            }
+        };
+        let reason = format!(
+            "engine replaced by {} after being unhealthy for {:.0}s",
+            new.container_name, broken_for
+        );
+        let _ = pool
+            .orch
+            .note(
+                &new.container_id,
+                format!("replaces {old}, unhealthy for {broken_for:.0}s"),
+            )
+            .await;
+        if let Err(e) = pool.remove(&old, &reason).await {
+            tracing::warn!(container = %old, error = %e, "could not remove the replaced engine");
+        }
+        pool.orch.metrics.replacements.inc();
+        tracing::info!(old = %old, new = %new.container_id, "{reason}");
+    }
+}
+
+impl Pool {
+    /// Makes the registry match the runtime: adopts running containers with
+    /// our label (reserving their ports), forgets engines whose container is
+    /// gone. Never stops anything.
+    pub async fn resync(&self) -> Result<(), RuntimeError> {
+        let containers = match self.runtime.list_managed(&self.settings.label).await {
+            Ok(list) => {
+                if !self.reachable.swap(true, Ordering::SeqCst) {
+                    tracing::info!("container runtime reachable again; resynced");
+                }
+                list
+            }
+            Err(e) => {
+                if self.reachable.swap(false, Ordering::SeqCst) {
+                    tracing::warn!(error = %e, "container runtime unreachable; the API and health checks go on, provisioning waits");
+                }
+                return Err(e);
+            }
+        };
+        let mut alive = BTreeSet::new();
+        for info in containers.iter().filter(|c| c.status.is_alive()) {
+            let Some(ports) =
+                ports_from_labels(&info.labels).or_else(|| ports_from_published(info))
+            else {
+                tracing::warn!(container = %info.id, name = %info.name, "managed container has no engine port; not adopted");
+                continue;
+            };
+            alive.insert(info.id.clone());
+            self.ports.reserve(&ports);
+            let (host, port) = self.address(&info.name, &ports);
+            let engine = engine_from(info, host, port);
+            if let Ok(true) = self.orch.adopt_engine(engine).await {
+                tracing::info!(container = %info.id, name = %info.name, "adopted a running engine container");
+            }
+        }
+        let gone: Vec<(String, std::collections::BTreeMap<String, String>)> = self.orch.read(|r| {
+            r.engines_run_by(RuntimeKind::Docker)
+                .filter(|e| !alive.contains(&e.container_id))
+                .map(|e| (e.container_id.clone(), e.labels.clone()))
+                .collect()
+        });
+        for (id, labels) in gone {
+            tracing::info!(container = %id, "engine container is gone; forgetting it");
+            self.forget(&id, &labels, "engine container is gone").await;
+        }
+        Ok(())
+    }
+
+    /// Sets the demand (`POST /scale/{demand}`); the reconciler acts on it at once.
+    pub async fn set_demand(&self, demand: u32) {
+        self.demand.store(demand, Ordering::SeqCst);
+        let _ = self.commands.send(Command::Scale(demand)).await;
+    }
+
+    pub fn demand(&self) -> u32 {
+        self.demand.load(Ordering::SeqCst)
+    }
+
+    /// Removes idle engines now (`POST /gc`), through the reconciler so that it
+    /// never races the autoscaler. `None` when the reconciler is not running.
+    pub async fn collect_garbage(&self) -> Option<Plan> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Gc(reply)).await.ok()?;
+        answer.await.ok()
+    }
+}
