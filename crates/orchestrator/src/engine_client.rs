@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde::Deserialize;
 use tokio::time::Instant;
 
@@ -138,6 +139,29 @@ fn engine_error(error: Option<serde_json::Value>) -> Result<(), EngineError> {
         None | Some(serde_json::Value::Null) => Ok(()),
         Some(serde_json::Value::String(message)) => Err(EngineError::Engine(message)),
         Some(other) => Err(EngineError::Engine(other.to_string())),
+    }
+}
+
+/// The health probe, behind a trait so that policy tests can run the health
+/// monitor and provisioning against engines that exist only in memory (see
+/// `runtime::memory`); in production it is the [`EngineClient`].
+pub trait Probe: Send + Sync {
+    fn probe<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+        timeout: Duration,
+    ) -> BoxFuture<'a, ProbeOutcome>;
+}
+
+impl Probe for EngineClient {
+    fn probe<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+        timeout: Duration,
+    ) -> BoxFuture<'a, ProbeOutcome> {
+        Box::pin(EngineClient::probe(self, host, port, timeout))
     }
 }
 

@@ -177,7 +177,11 @@ impl Store {
             return;
         }
         if self.depth() >= QUEUE_LIMIT {
-            if self.dropped.fetch_add(1, Ordering::Relaxed).is_multiple_of(1000) {
+            if self
+                .dropped
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(1000)
+            {
                 tracing::warn!(
                     depth = self.depth(),
                     "the database is far behind; background bookkeeping is being dropped"

@@ -11,9 +11,23 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Timestamp(DateTime<Utc>);
 
 impl Timestamp {
+    /// The wall clock, as seen through tokio's clock: in production the two
+    /// agree, and under a paused tokio clock (the policy tests) timestamps
+    /// advance with the simulated time, so grace periods and cooldowns that
+    /// compare timestamps can be tested in milliseconds of wall time.
     pub fn now() -> Self {
+        let wall = Utc::now().timestamp_millis();
+        let (tokio_now, std_now) = (
+            tokio::time::Instant::now().into_std(),
+            std::time::Instant::now(),
+        );
+        // Zero unless a paused clock was advanced (or froze while real time went on).
+        let skew = match tokio_now.checked_duration_since(std_now) {
+            Some(ahead) => ahead.as_millis() as i64,
+            None => -(std_now.duration_since(tokio_now).as_millis() as i64),
+        };
         // Truncate to milliseconds so that what we serve, store and reload compare equal.
-        Self::from_millis(Utc::now().timestamp_millis())
+        Self::from_millis(wall + skew)
     }
 
     pub fn from_millis(ms: i64) -> Self {

@@ -404,7 +404,6 @@ impl Pool {
             let left = deadline.saturating_duration_since(Instant::now());
             let outcome = self
                 .orch
-                .engines
                 .probe(host, port, left.min(Duration::from_secs(2)))
                 .await;
             if outcome.ok {

@@ -1,4 +1,3 @@
-
 #[test]
 fn bounded_histories_hold_no_more_room_than_they_keep() {
     for max in [1, 3, 50, 720] {

@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::time::Timestamp;
 
 pub mod docker;
+pub mod memory;
 
 pub use docker::DockerRuntime;
 

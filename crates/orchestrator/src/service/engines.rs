@@ -138,7 +138,6 @@ impl Orchestrator {
     ) -> Option<(CheckRecorded, ProbeOutcome)> {
         let target = self.read(|r| r.probe_target(id))?;
         let outcome = self
-            .engines
             .probe(&target.host, target.port, self.settings.health_timeout)
             .await;
         let check = HealthCheck {

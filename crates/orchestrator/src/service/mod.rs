@@ -19,7 +19,7 @@ use parking_lot::RwLock;
 pub use engines::{SelectError, Selection};
 
 use crate::config::Config;
-use crate::engine_client::EngineClient;
+use crate::engine_client::{EngineClient, Probe, ProbeOutcome};
 use crate::metrics::Metrics;
 use crate::persist::WriteOp;
 use crate::registry::{Limits, Registry, RegistryError};
@@ -88,6 +88,8 @@ pub struct Orchestrator {
     pub settings: Settings,
     /// The engines' HTTP API: probes, stat polls, stop commands, streams.
     pub engines: EngineClient,
+    /// How engines are probed: `engines`, except in policy tests.
+    probe: Arc<dyn Probe>,
     provisioner: OnceLock<Weak<dyn Provisioner>>,
     /// Bumped after every registry change; live views (the dashboard's event
     /// stream) watch it instead of polling the registry.
@@ -96,17 +98,30 @@ pub struct Orchestrator {
 
 impl Orchestrator {
     pub fn new(registry: Registry, store: Store, settings: Settings) -> Self {
+        let engines = EngineClient::new(settings.health_timeout);
         let orch = Self {
             registry: RwLock::new(registry),
             store,
             metrics: Metrics::new(),
-            engines: EngineClient::new(settings.health_timeout),
+            probe: Arc::new(engines.clone()),
+            engines,
             settings,
             provisioner: OnceLock::new(),
             changes: tokio::sync::watch::Sender::new(0),
         };
         orch.refresh_gauges();
         orch
+    }
+
+    /// Probes engines with `probe` instead of over HTTP (policy tests).
+    pub fn with_probe(mut self, probe: Arc<dyn Probe>) -> Self {
+        self.probe = probe;
+        self
+    }
+
+    /// Probes one engine's API.
+    pub async fn probe(&self, host: &str, port: u16, timeout: Duration) -> ProbeOutcome {
+        self.probe.probe(host, port, timeout).await
     }
 
     /// Lets selection start engines. Set once, by the container pool.
