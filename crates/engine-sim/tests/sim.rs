@@ -33,6 +33,8 @@ async fn start(args: &[&str], conf: Option<&str>) -> Sim {
         "STARTUP_DELAY_MS",
         "LATENCY_MS",
         "COUNT",
+        "TS_FILE",
+        "TS_BITRATE",
     ] {
         cmd.env_remove(format!("ENGINE_SIM_{var}"));
     }
