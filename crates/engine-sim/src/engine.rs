@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -13,6 +13,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::info;
+
+use crate::tsloop::TsLoop;
 
 /// The ways an engine can (mis)behave; see README.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -70,6 +72,10 @@ pub struct EngineState {
     pub listening: bool,
     pub active_sessions: usize,
     pub requests: u64,
+    /// Stream bodies being sent right now.
+    pub open_streams: u64,
+    /// Stream bodies ever opened.
+    pub streams_total: u64,
 }
 
 /// The body of a stat_url answer.
@@ -115,13 +121,23 @@ pub struct Engine {
     latency_ms: AtomicU64,
     requests: AtomicU64,
     listening: AtomicBool,
+    open_streams: AtomicU64,
+    streams_total: AtomicU64,
+    /// What streams carry: the `--ts-file` broadcast, or null packets if None.
+    pub ts_loop: Option<Arc<TsLoop>>,
     /// Lock order: `flow` before `sessions`.
     flow: Mutex<FlowClock>,
     sessions: Mutex<HashMap<String, Session>>,
 }
 
 impl Engine {
-    pub fn new(index: usize, addr: SocketAddr, mode: Mode, latency_ms: u64) -> Engine {
+    pub fn new(
+        index: usize,
+        addr: SocketAddr,
+        mode: Mode,
+        latency_ms: u64,
+        ts_loop: Option<Arc<TsLoop>>,
+    ) -> Engine {
         let now = Instant::now();
         Engine {
             index,
@@ -131,6 +147,9 @@ impl Engine {
             latency_ms: AtomicU64::new(latency_ms),
             requests: AtomicU64::new(0),
             listening: AtomicBool::new(false),
+            open_streams: AtomicU64::new(0),
+            streams_total: AtomicU64::new(0),
+            ts_loop,
             flow: Mutex::new(FlowClock {
                 banked: Duration::ZERO,
                 running_since: mode.flows().then_some(now),
@@ -198,6 +217,15 @@ impl Engine {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn stream_opened(&self) {
+        self.open_streams.fetch_add(1, Ordering::Relaxed);
+        self.streams_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stream_closed(&self) {
+        self.open_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+
     pub fn set_listening(&self, listening: bool) {
         self.listening.store(listening, Ordering::Relaxed);
     }
@@ -225,6 +253,8 @@ impl Engine {
             listening: self.listening.load(Ordering::Relaxed),
             active_sessions: self.active_sessions(),
             requests: self.requests.load(Ordering::Relaxed),
+            open_streams: self.open_streams.load(Ordering::Relaxed),
+            streams_total: self.streams_total.load(Ordering::Relaxed),
         }
     }
 

@@ -6,9 +6,11 @@ mod control;
 mod engine;
 mod server;
 mod ts;
+mod tsloop;
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +21,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
 use crate::engine::{Engine, Mode};
+use crate::tsloop::TsLoop;
 
 const DEFAULT_HTTP_PORT: u16 = 6878;
+/// sysexits.h EX_USAGE: the command was used incorrectly (here: a bad --ts-file).
+const EXIT_USAGE: i32 = 64;
 
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -59,6 +64,16 @@ struct Cli {
     #[arg(long, default_value_t = 1, env = "ENGINE_SIM_COUNT",
           value_parser = clap::value_parser!(u16).range(1..))]
     count: u16,
+
+    /// MPEG-TS file that every stream serves, looped as a live broadcast whose position
+    /// follows the wall clock. Without it streams carry null packets.
+    #[arg(long, env = "ENGINE_SIM_TS_FILE")]
+    ts_file: Option<PathBuf>,
+
+    /// Bitrate (bits/s) of --ts-file when the file has no PCRs to measure it from.
+    #[arg(long, default_value_t = 5_000_000, env = "ENGINE_SIM_TS_BITRATE",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ts_bitrate: u64,
 }
 
 /// The part of the engine image's CONF variable that the emulator honours.
@@ -113,6 +128,26 @@ async fn main() -> anyhow::Result<()> {
         None if cli.bind_all || conf.bind_all => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         None => IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
+    let ts_loop = cli
+        .ts_file
+        .as_deref()
+        .map(|path| match TsLoop::load(path, cli.ts_bitrate) {
+            Ok(ts_loop) => {
+                info!(
+                    path = %path.display(),
+                    packets = ts_loop.packets(),
+                    bitrate = ts_loop.bitrate(),
+                    rate_from = ?ts_loop.rate_source,
+                    loop_seconds = ts_loop.loop_duration().as_secs_f64(),
+                    "serving a looped TS file"
+                );
+                Arc::new(ts_loop)
+            }
+            Err(err) => {
+                eprintln!("error: --ts-file {}: {err:#}", path.display());
+                std::process::exit(EXIT_USAGE);
+            }
+        });
     let startup_delay = Duration::from_millis(cli.startup_delay_ms);
     let count = usize::from(cli.count);
     if base_port != 0 && usize::from(base_port) + count - 1 > usize::from(u16::MAX) {
@@ -146,7 +181,13 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding API port {port}"))?;
         let addr = listener.local_addr()?;
-        engines.push(Arc::new(Engine::new(index, addr, cli.mode, cli.latency_ms)));
+        engines.push(Arc::new(Engine::new(
+            index,
+            addr,
+            cli.mode,
+            cli.latency_ms,
+            ts_loop.clone(),
+        )));
         listeners.push(keep_open.then_some(listener));
     }
     let engines: control::Engines = engines.into();

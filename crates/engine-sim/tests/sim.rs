@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -33,6 +34,8 @@ async fn start(args: &[&str], conf: Option<&str>) -> Sim {
         "STARTUP_DELAY_MS",
         "LATENCY_MS",
         "COUNT",
+        "TS_FILE",
+        "TS_BITRATE",
     ] {
         cmd.env_remove(format!("ENGINE_SIM_{var}"));
     }
@@ -555,4 +558,368 @@ async fn sigterm_exits_zero_promptly() {
 #[tokio::test]
 async fn sigint_exits_zero_promptly() {
     exits_promptly_on("INT").await;
+}
+
+// --- Streams of real video (--ts-file) --------------------------------------------
+
+const TS_PACKET: usize = 188;
+/// 90 kHz ticks per second (PCR base, PTS, DTS).
+const HZ: f64 = 90_000.0;
+/// Timestamps wrap at 2^33 ticks.
+const TS_WRAP: u64 = 1 << 33;
+
+/// A 3-second H.264 + AAC test file made once per test run by scripts/make-test-video.
+fn test_video() -> &'static str {
+    static VIDEO: OnceLock<String> = OnceLock::new();
+    VIDEO.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/make-test-video");
+        // A fixed name, so runs do not pile up files; the script replaces it atomically.
+        let out = format!("{}/engine-sim-test-3s.ts", env!("CARGO_TARGET_TMPDIR"));
+        let made = std::process::Command::new(script)
+            .args([&out, "3"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+        assert!(
+            made.status.success(),
+            "{script} failed ({}): {}\nThe video tests need ffmpeg and ffprobe: \
+             apt-get install ffmpeg (scripts/test installs them)",
+            made.status,
+            String::from_utf8_lossy(&made.stderr)
+        );
+        out
+    })
+}
+
+async fn start_with_video() -> Sim {
+    start(
+        &[
+            "--http-port",
+            "0",
+            "--control-port",
+            "0",
+            "--ts-file",
+            test_video(),
+        ],
+        None,
+    )
+    .await
+}
+
+/// For endless bodies: only a generous overall timeout.
+fn stream_client() -> reqwest::Client {
+    client_with_timeout(Duration::from_secs(60))
+}
+
+/// The fields of TS packets that the tests look at.
+struct Packet<'a> {
+    pid: u16,
+    unit_start: bool,
+    has_payload: bool,
+    cc: u8,
+    /// PCR base (90 kHz), if any.
+    pcr: Option<u64>,
+    payload: &'a [u8],
+}
+
+fn packets(data: &[u8]) -> impl Iterator<Item = Packet<'_>> {
+    data.chunks_exact(TS_PACKET).map(|p| {
+        assert_eq!(p[0], 0x47, "TS sync byte");
+        let control = (p[3] >> 4) & 3;
+        let af_len = if control & 2 != 0 {
+            1 + usize::from(p[4])
+        } else {
+            0
+        };
+        let pcr = (control & 2 != 0 && p[4] >= 7 && p[5] & 0x10 != 0).then(|| {
+            (u64::from(p[6]) << 25)
+                | (u64::from(p[7]) << 17)
+                | (u64::from(p[8]) << 9)
+                | (u64::from(p[9]) << 1)
+                | (u64::from(p[10]) >> 7)
+        });
+        Packet {
+            pid: (u16::from(p[1] & 0x1F) << 8) | u16::from(p[2]),
+            unit_start: p[1] & 0x40 != 0,
+            has_payload: control & 1 != 0,
+            cc: p[3] & 0x0F,
+            pcr,
+            payload: p.get(4 + af_len..).unwrap_or_default(),
+        }
+    })
+}
+
+fn pcrs(data: &[u8]) -> Vec<u64> {
+    packets(data).filter_map(|p| p.pcr).collect()
+}
+
+/// `later - earlier` in seconds, across the 2^33 wrap.
+fn seconds_between(earlier: u64, later: u64) -> f64 {
+    ((later + TS_WRAP - earlier) % TS_WRAP) as f64 / HZ
+}
+
+/// Continuity counter errors, counted the way a demuxer checks them.
+fn continuity_errors(data: &[u8]) -> usize {
+    let mut last = std::collections::HashMap::new();
+    let mut errors = 0;
+    for p in packets(data).filter(|p| p.pid != 0x1FFF) {
+        if let Some(prev) = last.insert(p.pid, p.cc) {
+            let expected = if p.has_payload { (prev + 1) % 16 } else { prev };
+            errors += usize::from(p.cc != expected);
+        }
+    }
+    errors
+}
+
+/// The capture up to (not including) the start of its last video PES, whose picture the
+/// capture cut off: a truncated frame is the capture's fault, not the stream's.
+fn without_last_frame(data: &[u8]) -> &[u8] {
+    let last_start = packets(data)
+        .enumerate()
+        .filter(|(_, p)| p.unit_start && p.payload.starts_with(&[0, 0, 1, 0xE0]))
+        .map(|(i, _)| i)
+        .last()
+        .expect("a video PES in the capture");
+    &data[..last_start * TS_PACKET]
+}
+
+/// Reads `resp` until `until`; returns the bytes and when each chunk arrived.
+async fn read_until(
+    resp: &mut reqwest::Response,
+    until: Instant,
+) -> (Vec<u8>, Vec<(Instant, usize)>) {
+    let (mut data, mut arrivals) = (Vec::new(), Vec::new());
+    while let Ok(chunk) = tokio::time::timeout_at(until, resp.chunk()).await {
+        let chunk = chunk.expect("stream readable").expect("stream continues");
+        data.extend_from_slice(&chunk);
+        arrivals.push((Instant::now(), data.len()));
+    }
+    (data, arrivals)
+}
+
+fn run(program: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} (apt-get install ffmpeg): {e}"))
+}
+
+#[tokio::test]
+async fn ts_file_streams_decodable_video_across_loops_in_real_time() {
+    let sim = start_with_video().await;
+    let requested = Instant::now();
+    let capture = Duration::from_secs(7); // the file is 3 s: two loop boundaries at least
+    let mut resp = stream_client()
+        .get(sim.api(0, "/ace/getstream?id=film"))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(resp.headers()["content-type"], "video/mp2t");
+    let (data, arrivals) = read_until(&mut resp, requested + capture).await;
+    drop(resp);
+    let elapsed = requested.elapsed().as_secs_f64();
+    assert_eq!(data.len() % TS_PACKET, 0, "whole packets");
+    let first = packets(&data).next().expect("data");
+    assert_eq!(first.pid, 0, "a new stream starts with a PAT");
+
+    // A new client first gets the backlog from the keyframe before the live position,
+    // all at once; its span adds to the content the capture holds.
+    let (first_at, _) = arrivals[0];
+    let burst = arrivals
+        .iter()
+        .take_while(|(at, _)| *at - first_at < Duration::from_millis(20))
+        .last()
+        .map(|&(_, len)| len - len % TS_PACKET)
+        .expect("arrivals");
+    let all_pcrs = pcrs(&data);
+    let burst_pcrs = pcrs(&data[..burst]);
+    let backlog = seconds_between(all_pcrs[0], *burst_pcrs.last().unwrap_or(&all_pcrs[0]));
+    assert!(backlog < 1.2, "backlog {backlog} s: more than a GOP");
+
+    // One continuous programme: no timestamp jumps at the loop seams, no CC errors.
+    for pair in all_pcrs.windows(2) {
+        let step = seconds_between(pair[0], pair[1]);
+        assert!(step < 0.2, "PCR jumped by {step} s");
+    }
+    assert_eq!(continuity_errors(&data), 0, "continuity counter errors");
+    let span = seconds_between(all_pcrs[0], *all_pcrs.last().expect("PCRs"));
+    assert!(span > 6.0, "PCRs span only {span} s");
+
+    let path = format!(
+        "{}/capture-{}.ts",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    std::fs::write(&path, without_last_frame(&data)).expect("write the capture");
+    let decoded = run("ffmpeg", &["-v", "error", "-i", &path, "-f", "null", "-"]);
+    let errors = String::from_utf8_lossy(&decoded.stderr);
+    assert!(
+        decoded.status.success() && errors.trim().is_empty(),
+        "ffmpeg decode errors: {errors}"
+    );
+    let probed = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+            &path,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&probed.stderr);
+    assert!(stderr.trim().is_empty(), "ffprobe errors: {stderr}");
+    let duration: f64 = String::from_utf8_lossy(&probed.stdout)
+        .trim()
+        .parse()
+        .expect("ffprobe prints the duration");
+    let expected = elapsed + backlog;
+    assert!(
+        (duration - expected).abs() < 1.0,
+        "duration {duration} s, captured {elapsed} s plus a {backlog} s backlog"
+    );
+    let _ = std::fs::remove_file(&path);
+}
+
+/// The last PCR of a stream read from `url` until `until`.
+async fn last_pcr_until(url: String, until: Instant) -> u64 {
+    let mut resp = stream_client().get(url).send().await.expect("stream");
+    let (data, _) = read_until(&mut resp, until).await;
+    *pcrs(&data).last().expect("PCRs in the stream")
+}
+
+#[tokio::test]
+async fn separate_processes_broadcast_the_same_live_position() {
+    let first = start_with_video().await;
+    // A second process started later, as another engine container would be.
+    sleep(Duration::from_millis(1300)).await;
+    let second = start_with_video().await;
+
+    let until = Instant::now() + Duration::from_millis(1500);
+    let (a, b) = tokio::join!(
+        last_pcr_until(first.api(0, "/ace/getstream?id=news"), until),
+        last_pcr_until(second.api(0, "/ace/getstream?id=news"), until),
+    );
+    let apart = seconds_between(a.min(b), a.max(b)).min(seconds_between(a.max(b), a.min(b)));
+    assert!(apart < 0.5, "the two engines are {apart} s apart");
+}
+
+#[tokio::test]
+async fn hang_stalls_a_stream_and_healthy_resumes_it_at_the_live_position() {
+    let sim = start_with_video().await;
+    let mut resp = stream_client()
+        .get(sim.api(0, "/ace/getstream?id=sport"))
+        .send()
+        .await
+        .expect("stream");
+    let (data, arrivals) = read_until(&mut resp, Instant::now() + Duration::from_secs(1)).await;
+    let (before_at, _) = *arrivals.last().expect("data before the hang");
+    let before = *pcrs(&data).last().expect("PCRs");
+
+    sim.set_mode("hang", None).await;
+    // What was already on its way may still arrive; then nothing.
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_millis(300) {
+        let (more, _) = read_until(&mut resp, Instant::now() + Duration::from_millis(300)).await;
+        if !more.is_empty() {
+            quiet_since = Instant::now();
+        }
+        assert!(
+            before_at.elapsed() < Duration::from_secs(5),
+            "the stream does not stall"
+        );
+    }
+    let stalled = timeout(Duration::from_millis(700), resp.chunk()).await;
+    assert!(stalled.is_err(), "bytes arrived while the engine hung");
+
+    sim.set_mode("healthy", None).await;
+    let chunk = timeout(Duration::from_secs(2), resp.chunk())
+        .await
+        .expect("the stream resumes")
+        .expect("readable")
+        .expect("not ended");
+    let resumed_at = Instant::now();
+    let mut data = chunk.to_vec();
+    while pcrs(&data).is_empty() {
+        let more = timeout(Duration::from_secs(1), resp.chunk())
+            .await
+            .expect("more data")
+            .expect("readable")
+            .expect("not ended");
+        data.extend_from_slice(&more);
+    }
+    let after = pcrs(&data)[0];
+    // The engine skipped what it missed: the PCR moved on with the wall clock.
+    let jumped = seconds_between(before, after);
+    let wall = (resumed_at - before_at).as_secs_f64();
+    assert!(wall > 1.0, "the hang lasted {wall} s");
+    assert!(
+        (jumped - wall).abs() < 0.5,
+        "PCR moved {jumped} s over {wall} s of wall clock"
+    );
+}
+
+#[tokio::test]
+async fn open_streams_and_streams_total_count_stream_bodies() {
+    let sim = start_with_video().await;
+    let counts = |state: Value| {
+        let e = &state["engines"][0];
+        (e["open_streams"].clone(), e["streams_total"].clone())
+    };
+    assert_eq!(counts(sim.state().await), (json!(0), json!(0)));
+
+    let c = stream_client();
+    let mut plain = c
+        .get(sim.api(0, "/ace/getstream?id=one"))
+        .send()
+        .await
+        .expect("stream");
+    let started = get_json(&c, &sim.api(0, "/ace/getstream?format=json&id=two")).await;
+    let playback_url = started["response"]["playback_url"]
+        .as_str()
+        .expect("playback_url");
+    let mut playback = c.get(playback_url).send().await.expect("stream");
+    plain.chunk().await.expect("chunk").expect("data");
+    playback.chunk().await.expect("chunk").expect("data");
+    assert_eq!(counts(sim.state().await), (json!(2), json!(2)));
+    // /sim/state on the API port says the same.
+    let on_port = get_json(&client(), &sim.api(0, "/sim/state")).await;
+    assert_eq!(counts(on_port), (json!(2), json!(2)));
+
+    drop(plain);
+    eventually("one stream to close", || async {
+        counts(sim.state().await) == (json!(1), json!(2))
+    })
+    .await;
+    drop(playback);
+    eventually("both streams to close", || async {
+        counts(sim.state().await) == (json!(0), json!(2))
+    })
+    .await;
+    // The json session outlives its stream; the plain getstream's own session does not.
+    assert_eq!(sim.state().await["engines"][0]["active_sessions"], 1);
+}
+
+#[tokio::test]
+async fn a_bad_ts_file_exits_64_with_a_clear_message() {
+    let path = format!(
+        "{}/not-ts-{}.ts",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    std::fs::write(&path, b"this is not a transport stream").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_acestream-engine-sim"))
+        .args(["--http-port", "0", "--ts-file", &path])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the simulator");
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--ts-file") && stderr.contains("188-byte TS packets"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no READY line");
 }
