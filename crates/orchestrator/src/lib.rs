@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod panel;
 pub mod pool;
 pub mod ports;
+pub mod proxy;
 pub mod registry;
 pub mod runtime;
 pub mod select;
