@@ -6,4 +6,10 @@
 //! - [`ring`]: the bounded chunk ring viewers read from by cursor.
 
 pub mod ring;
+pub mod session;
 pub mod ts;
+
+pub use session::{
+    ByteStream, EndReason, EngineKey, FailReason, Failover, OpenError, SessionConfig, SessionEvent,
+    SessionHandle, Source, SourceProvider, SubscribeError, Viewer,
+};
