@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod persist;
 pub mod pool;
 pub mod ports;
+pub mod proxy;
 pub mod registry;
 pub mod runtime;
 pub mod select;
