@@ -193,6 +193,22 @@ pub struct Stream {
     pub status: StreamStatus,
     /// Why the stream ended, when someone said so.
     pub end_reason: Option<String>,
+    /// Players reading it through the built-in proxy now (0 for streams of
+    /// other proxies, and for ended streams). Not persisted.
+    pub viewers: u32,
+    /// Moves of the stream to another engine by the built-in proxy, oldest first.
+    pub failovers: Vec<FailoverRecord>,
+}
+
+/// One failover of a proxied stream: from which engine to which, why, and
+/// how long viewers got no bytes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailoverRecord {
+    pub at: Timestamp,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    pub gap_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -216,6 +232,8 @@ pub enum CheckSource {
     Manual,
     /// A `stat_url` poll of one of the engine's streams timed out or was refused.
     Stat,
+    /// The built-in proxy: the engine's stream stalled, broke, or could not start.
+    Proxy,
 }
 
 impl CheckSource {
@@ -224,6 +242,7 @@ impl CheckSource {
             Self::Probe => "probe",
             Self::Manual => "manual",
             Self::Stat => "stat",
+            Self::Proxy => "proxy",
         }
     }
 
@@ -232,6 +251,7 @@ impl CheckSource {
             "probe" => Some(Self::Probe),
             "manual" => Some(Self::Manual),
             "stat" => Some(Self::Stat),
+            "proxy" => Some(Self::Proxy),
             _ => None,
         }
     }

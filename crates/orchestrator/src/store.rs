@@ -27,7 +27,10 @@ use crate::domain::{
 use crate::persist::{Loaded, WriteOp};
 use crate::time::Timestamp;
 
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_initial.sql"),
+    include_str!("../migrations/0002_stream_failovers.sql"),
+];
 
 /// Most jobs folded into one transaction.
 const MAX_GROUP: usize = 1024;
@@ -464,8 +467,9 @@ fn apply(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
         WriteOp::UpsertStream(s) => {
             tx.prepare_cached(
                 "INSERT INTO streams (id, key_type, key, container_id, playback_session_id,
-                    stat_url, command_url, is_live, started_at, ended_at, status, end_reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                    stat_url, command_url, is_live, started_at, ended_at, status, end_reason,
+                    failovers)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                  ON CONFLICT (id) DO UPDATE SET
                     key_type = excluded.key_type, key = excluded.key,
                     container_id = excluded.container_id,
@@ -473,7 +477,7 @@ fn apply(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
                     stat_url = excluded.stat_url, command_url = excluded.command_url,
                     is_live = excluded.is_live, started_at = excluded.started_at,
                     ended_at = excluded.ended_at, status = excluded.status,
-                    end_reason = excluded.end_reason",
+                    end_reason = excluded.end_reason, failovers = excluded.failovers",
             )?
             .execute(params![
                 s.id,
@@ -488,6 +492,7 @@ fn apply(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
                 s.ended_at.map(Timestamp::millis),
                 s.status.as_str(),
                 s.end_reason,
+                serde_json::to_string(&s.failovers).unwrap_or_else(|_| "[]".into()),
             ])?;
         }
         WriteOp::StatSnapshot {
@@ -621,12 +626,12 @@ fn load(
     // Active streams all come back; of the ended ones only the newest.
     let mut stmt = conn.prepare(
         "SELECT id, key_type, key, container_id, playback_session_id, stat_url, command_url,
-                is_live, started_at, ended_at, status, end_reason
+                is_live, started_at, ended_at, status, end_reason, failovers
          FROM streams WHERE status = 'started'
          UNION ALL
          SELECT * FROM (
             SELECT id, key_type, key, container_id, playback_session_id, stat_url, command_url,
-                   is_live, started_at, ended_at, status, end_reason
+                   is_live, started_at, ended_at, status, end_reason, failovers
             FROM streams WHERE status = 'ended' ORDER BY ended_at DESC LIMIT ?1)",
     )?;
     let rows = stmt.query_map([ended_streams_max as i64], |r| {
@@ -645,6 +650,8 @@ fn load(
             ended_at: ts(r.get(9)?),
             status: StreamStatus::parse(&status).unwrap_or(StreamStatus::Ended),
             end_reason: r.get(11)?,
+            viewers: 0,
+            failovers: serde_json::from_str(&r.get::<_, String>(12)?).unwrap_or_default(),
         })
     })?;
     for row in rows {
@@ -781,6 +788,8 @@ mod tests {
             ended_at: None,
             status: StreamStatus::Started,
             end_reason: None,
+            viewers: 0,
+            failovers: Vec::new(),
         })));
         store.submit(ops).committed().await.unwrap();
         store.trim(RETENTION);

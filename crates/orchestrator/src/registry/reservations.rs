@@ -59,10 +59,25 @@ impl Registry {
         ttl_s: f64,
         now: Timestamp,
     ) -> Option<Reservation> {
+        self.select_and_reserve_excluding(max_streams, ttl_s, now, &[])
+    }
+
+    /// [`Registry::select_and_reserve`] among the engines not in `exclude`
+    /// (the proxy's failover leaves out the engines that failed).
+    pub fn select_and_reserve_excluding(
+        &mut self,
+        max_streams: u32,
+        ttl_s: f64,
+        now: Timestamp,
+        exclude: &[String],
+    ) -> Option<Reservation> {
         self.purge_expired_reservations(now);
         let reserved = self.reservation_counts(now);
         let chosen = select::pick(
-            self.engines.values().map(|entry| Candidate {
+            self.engines
+                .values()
+                .filter(|entry| !exclude.contains(&entry.engine.container_id))
+                .map(|entry| Candidate {
                 id: &entry.engine.container_id,
                 healthy: entry.engine.health.status == HealthStatus::Healthy,
                 load: entry.active.len() as u32

@@ -102,7 +102,18 @@ impl Registry {
             ended_at: None,
             status: StreamStatus::Started,
             end_reason: None,
+            viewers: 0,
+            failovers: Vec::new(),
         };
+        // The built-in proxy repeats the event when it moves a stream to
+        // another engine: what it recorded about the stream stays.
+        let mut stream = stream;
+        if let Some(old) = self.streams.get(&stream_id) {
+            if old.status == StreamStatus::Started {
+                stream.viewers = old.viewers;
+                stream.failovers = old.failovers.clone();
+            }
+        }
         ops.push(WriteOp::UpsertStream(Box::new(stream.clone())));
         self.streams.insert(stream_id, stream.clone());
         Ok((stream, ops))
@@ -221,6 +232,36 @@ impl Registry {
                 .map(|s| (s, Vec::new()))
                 .ok_or_else(|| RegistryError::StreamNotFound(stream_id.to_owned())),
         }
+    }
+
+    /// Sets how many players read a started stream through the built-in
+    /// proxy. In memory only: a restart ends every proxied session.
+    pub fn set_viewers(&mut self, stream_id: &str, viewers: u32) -> bool {
+        match self.streams.get_mut(stream_id) {
+            Some(s) if s.status == StreamStatus::Started && s.viewers != viewers => {
+                s.viewers = viewers;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records a failover of a proxied stream (the most recent `max` kept).
+    pub fn push_failover(
+        &mut self,
+        stream_id: &str,
+        failover: crate::domain::FailoverRecord,
+        max: usize,
+    ) -> Vec<WriteOp> {
+        let Some(stream) = self.streams.get_mut(stream_id) else {
+            return Vec::new();
+        };
+        stream.failovers.push(failover);
+        if stream.failovers.len() > max {
+            let excess = stream.failovers.len() - max;
+            stream.failovers.drain(..excess);
+        }
+        vec![WriteOp::UpsertStream(Box::new(stream.clone()))]
     }
 
     pub fn stream(&self, id: &str) -> Option<&Stream> {
