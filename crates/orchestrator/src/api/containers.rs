@@ -130,8 +130,15 @@ fn port_map_schema() -> utoipa::openapi::schema::Object {
         .schema_type(SchemaType::Array(vec![Type::Integer, Type::Null]))
         .minimum(Some(1))
         .maximum(Some(65535));
+    let port_spec = ObjectBuilder::new().schema_type(Type::String).pattern(Some(
+        "^([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])(/tcp)?$",
+    ));
     ObjectBuilder::new()
         .schema_type(Type::Object)
+        .property_names(Some(port_spec))
+        .description(Some(
+            "Docker style: `{\"6878/tcp\": 19001}`; null publishes on any free host port.",
+        ))
         .additional_properties(Some(AdditionalProperties::RefOr(host_port.into())))
         .build()
 }

@@ -135,3 +135,78 @@ fn always_true() -> utoipa::openapi::schema::Object {
         .enum_values(Some([true]))
         .build()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn wire<T: Serialize>(value: &T) -> Value {
+        serde_json::to_value(value).unwrap()
+    }
+
+    /// The same JSON the handlers built with `json!` before these types.
+    #[test]
+    fn same_json_as_before() {
+        assert_eq!(
+            wire(&EngineDeleted {
+                deleted: true,
+                container_id: "h:1".into()
+            }),
+            json!({ "deleted": true, "container_id": "h:1" })
+        );
+        assert_eq!(
+            wire(&CheckOutcome {
+                ok: false,
+                latency_ms: 1.5,
+                error: None
+            }),
+            json!({ "ok": false, "latency_ms": 1.5, "error": null })
+        );
+        assert_eq!(
+            wire(&Liveness {
+                status: LiveStatus::Ok
+            }),
+            json!({ "status": "ok" })
+        );
+        assert_eq!(
+            wire(&Readiness {
+                status: ReadyStatus::Ready,
+                engines: 2,
+                active_streams: 1
+            }),
+            json!({ "status": "ready", "engines": 2, "active_streams": 1 })
+        );
+        assert_eq!(
+            wire(&StreamEnded {
+                updated: false,
+                stream: None
+            }),
+            json!({ "updated": false, "stream": null })
+        );
+        assert_eq!(
+            wire(&ContainerDeleted {
+                deleted: true,
+                container_id: "abc".into(),
+                container_name: "engine-1".into()
+            }),
+            json!({ "deleted": true, "container_id": "abc", "container_name": "engine-1" })
+        );
+        assert_eq!(
+            wire(&ScaleAnswer {
+                demand: 3,
+                min_replicas: 1,
+                max_replicas: 5
+            }),
+            json!({ "demand": 3, "min_replicas": 1, "max_replicas": 5 })
+        );
+        assert_eq!(
+            wire(&GcAnswer {
+                removed: vec!["a".into()],
+                provisioned: 0
+            }),
+            json!({ "removed": ["a"], "provisioned": 0 })
+        );
+    }
+}
