@@ -111,7 +111,8 @@ pub async fn provision_acestream(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[schema(as = ProvisionRequest)]
 pub struct GenericBody {
-    #[schema(min_length = 1)]
+    /// Not blank.
+    #[schema(min_length = 1, pattern = r"\S")]
     image: String,
     #[serde(default)]
     env: BTreeMap<String, String>,

@@ -62,7 +62,7 @@ struct StreamKey {
     #[schema(value_type = KeyType)]
     key_type: String,
     /// Must not be blank.
-    #[schema(min_length = 1)]
+    #[schema(min_length = 1, pattern = r"\S")]
     key: String,
 }
 
