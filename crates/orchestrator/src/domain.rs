@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::time::Timestamp;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// `unknown` = not checked yet, or cannot be determined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
     Healthy,
@@ -41,7 +42,7 @@ impl fmt::Display for HealthStatus {
 
 /// Who runs the engine. `external` engines are registered by address and only
 /// monitored; `docker` engines are containers this orchestrator started or adopted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeKind {
     External,
@@ -65,7 +66,7 @@ impl RuntimeKind {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyType {
     ContentId,
@@ -95,7 +96,7 @@ impl KeyType {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StreamStatus {
     Started,
@@ -178,20 +179,33 @@ pub struct Engine {
     pub usage: EngineUsage,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Stream {
+    /// `labels.stream_id` of the start event, else `{key}|{playback_session_id}`.
+    #[schema(example = "ch-42")]
     pub id: String,
     pub key_type: KeyType,
     pub key: String,
+    /// The engine the stream runs on.
     pub container_id: String,
+    /// The engine's playback session.
+    #[schema(required = true)]
     pub playback_session_id: Option<String>,
+    /// The engine URL the collector polls for stat snapshots.
+    #[schema(required = true)]
     pub stat_url: Option<String>,
+    /// The engine URL that controls the stream (`?method=stop`).
+    #[schema(required = true)]
     pub command_url: Option<String>,
     pub is_live: bool,
+    /// When the (last) `stream_started` event for this id arrived.
     pub started_at: Timestamp,
+    /// When the stream ended; null while it runs.
+    #[schema(required = true)]
     pub ended_at: Option<Timestamp>,
     pub status: StreamStatus,
     /// Why the stream ended, when someone said so.
+    #[schema(required = true)]
     pub end_reason: Option<String>,
     /// Players reading it through the built-in proxy now (0 for streams of
     /// other proxies, and for ended streams). Not persisted.
@@ -202,7 +216,7 @@ pub struct Stream {
 
 /// One failover of a proxied stream: from which engine to which, why, and
 /// how long viewers got no bytes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FailoverRecord {
     pub at: Timestamp,
     pub from: String,
@@ -211,19 +225,34 @@ pub struct FailoverRecord {
     pub gap_ms: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One poll of a stream's `stat_url`, as the engine reported it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatSnapshot {
+    /// When the snapshot was taken.
     pub ts: Timestamp,
+    #[schema(required = true)]
     pub peers: Option<i64>,
+    /// As reported by the engine (KB/s).
+    #[schema(required = true)]
     pub speed_down: Option<i64>,
+    /// As reported by the engine (KB/s).
+    #[schema(required = true)]
     pub speed_up: Option<i64>,
+    /// Bytes, as reported by the engine.
+    #[schema(required = true)]
     pub downloaded: Option<i64>,
+    /// Bytes, as reported by the engine.
+    #[schema(required = true)]
     pub uploaded: Option<i64>,
+    /// The engine's stream status, e.g. `dl`, `prebuf`.
+    #[schema(required = true)]
     pub status: Option<String>,
 }
 
-/// Where a health verdict came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// Where a health verdict came from: `probe` = periodic sweep, `manual` =
+/// asked for through the API, `stat` = a stat_url poll of one of the engine's
+/// streams timed out or was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckSource {
     /// The periodic sweep.
@@ -257,20 +286,28 @@ impl CheckSource {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HealthCheck {
+    /// When the check finished.
     pub ts: Timestamp,
     pub ok: bool,
     pub source: CheckSource,
+    #[schema(required = true)]
     pub latency_ms: Option<f64>,
+    /// Why the check failed; null when it succeeded.
+    #[schema(required = true)]
     pub error: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HealthTransition {
+    /// When the status changed.
     pub ts: Timestamp,
     pub from: HealthStatus,
     pub to: HealthStatus,
+    #[schema(
+        example = "3 failed check(s) in a row (threshold 3); last probe check: no answer within 5.0s (engine hung?)"
+    )]
     pub reason: String,
 }
 

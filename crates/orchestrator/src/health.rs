@@ -19,22 +19,25 @@ use crate::engine_client::millis;
 use crate::service::Orchestrator;
 
 /// One engine's line in a sweep report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CheckResult {
     pub container_id: String,
     pub ok: bool,
     pub health_status: HealthStatus,
     pub latency_ms: f64,
+    /// Why the probe failed; null when it succeeded.
+    #[schema(required = true)]
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SweepReport {
     pub checked: usize,
     pub healthy: usize,
     pub unhealthy: usize,
     pub unknown: usize,
     pub duration_ms: f64,
+    /// One per engine checked, sorted by `container_id`.
     pub results: Vec<CheckResult>,
 }
 

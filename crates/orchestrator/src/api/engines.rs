@@ -9,15 +9,21 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::json;
 
 use super::error::{ApiError, AppJson, AppPath};
+use super::wire::{CheckOutcome, EngineCheck, EngineDeleted, Selection};
 use super::{json_response, AppState};
 use crate::domain::{CheckSource, Stream};
 use crate::engine_client::millis;
 use crate::health;
 use crate::time::Timestamp;
 
+#[utoipa::path(
+    get, path = "/engines", tag = "engines", operation_id = "listEngines",
+    summary = "List engines",
+    description = "Every known engine with its health and usage, ordered by `container_id`.",
+    responses((status = 200, description = "The engines.", body = [crate::registry::EngineView])),
+)]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     // Serialized under the read lock: no copies of 1,000 engines, and the lock is
     // held for the time of one serialization, never across I/O.
@@ -28,12 +34,24 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = EngineDetail)]
 struct EngineWithStreams<'a> {
     engine: crate::registry::EngineView<'a>,
+    /// The engine's active streams.
     streams: Vec<&'a Stream>,
 }
 
+#[utoipa::path(
+    get, path = "/engines/{id}", tag = "engines", operation_id = "getEngine",
+    summary = "Get an engine and its streams",
+    description = "One engine and its active streams.",
+    params(("id" = String, Path, description = "The engine's `container_id` (Docker id, or `host:port` for an engine not run by us). Percent-encode reserved characters such as `/`.")),
+    responses(
+        (status = 200, description = "The engine.", body = EngineWithStreams),
+        (status = 404, description = "No such engine.", body = super::error::Detail),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
@@ -51,10 +69,15 @@ pub async fn get(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = RegisterEngine)]
 pub struct RegisterBody {
+    /// Host name or IP address (letters, digits, `.-_:[]`, at most 253 characters).
+    #[schema(example = "127.0.0.1")]
     host: String,
+    #[schema(minimum = 1, maximum = 65535, example = 6878)]
     port: i64,
+    /// Shown as `container_name`.
     name: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
@@ -85,6 +108,21 @@ pub fn valid_host(field: &str, host: &str) -> Result<(), ApiError> {
 
 /// `POST /engines`: registers an engine we do not run. Registering the same
 /// address again answers the existing engine (200) instead of a duplicate.
+#[utoipa::path(
+    post, path = "/engines", tag = "engines", operation_id = "registerEngine",
+    summary = "Register an engine",
+    description = "Registers an engine the orchestrator does not run (`runtime: external`, id `host:port`); it is then monitored. Registering an address that is already known (loopback aliases are one host) answers the existing engine with 200 instead of a duplicate.",
+    request_body = RegisterBody,
+    responses(
+        (status = 200, description = "Already known: the existing engine.", body = crate::registry::EngineView),
+        (status = 201, description = "Registered.", body = crate::registry::EngineView),
+        (status = 408, description = "The body did not arrive within `HTTP_HEADER_TIMEOUT_S` seconds.", body = super::error::Detail),
+        (status = 413, description = "The body is larger than 64 KiB.", body = super::error::Detail),
+        (status = 415, description = "The body is not sent with `Content-Type: application/json`.", body = super::error::Detail),
+        (status = 422, description = "The body does not fit (malformed JSON, missing field, wrong type), or host/port out of range.", body = super::error::Detail),
+        (status = 503, description = "The change could not be saved to the database; nothing is promised durable.", body = super::error::Detail),
+    ),
+)]
 pub async fn register(
     State(state): State<AppState>,
     AppJson(body): AppJson<RegisterBody>,
@@ -105,20 +143,42 @@ pub async fn register(
 }
 
 /// `DELETE /engines/{id}`: forgets an engine; its streams end.
+#[utoipa::path(
+    delete, path = "/engines/{id}", tag = "engines", operation_id = "deleteEngine",
+    summary = "Forget an engine",
+    description = "Removes the engine from the registry; its active streams end and its reservations are dropped. The engine process or container itself is not touched.",
+    params(("id" = String, Path, description = "The engine's `container_id` (Docker id, or `host:port` for an engine not run by us). Percent-encode reserved characters such as `/`.")),
+    responses(
+        (status = 200, description = "Removed.", body = super::wire::EngineDeleted),
+        (status = 404, description = "No such engine.", body = super::error::Detail),
+        (status = 503, description = "The change could not be saved to the database; nothing is promised durable.", body = super::error::Detail),
+    ),
+)]
 pub async fn remove(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<EngineDeleted>, ApiError> {
     let engine = state
         .orch
         .forget_engine(&id, "engine removed through the API")
         .await?;
     tracing::info!(engine = %id, "engine removed");
-    Ok(Json(
-        json!({ "deleted": true, "container_id": engine.container_id }),
-    ))
+    Ok(Json(EngineDeleted {
+        deleted: true,
+        container_id: engine.container_id,
+    }))
 }
 
+#[utoipa::path(
+    get, path = "/engines/{id}/health", tag = "health", operation_id = "getEngineHealth",
+    summary = "Health history of an engine",
+    description = "The engine's health status with its recent checks and transitions, newest first.",
+    params(("id" = String, Path, description = "The engine's `container_id` (Docker id, or `host:port` for an engine not run by us). Percent-encode reserved characters such as `/`.")),
+    responses(
+        (status = 200, description = "The history.", body = crate::registry::HealthHistoryView),
+        (status = 404, description = "No such engine.", body = super::error::Detail),
+    ),
+)]
 pub async fn health_history(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
@@ -132,6 +192,16 @@ pub async fn health_history(
 }
 
 /// `POST /engines/{id}/health/check`: probes now and answers with the verdict.
+#[utoipa::path(
+    post, path = "/engines/{id}/health/check", tag = "health", operation_id = "checkEngine",
+    summary = "Check one engine now",
+    description = "Probes the engine's API now (`source: manual`), records the verdict and answers with the engine and the check. No body.",
+    params(("id" = String, Path, description = "The engine's `container_id` (Docker id, or `host:port` for an engine not run by us). Percent-encode reserved characters such as `/`.")),
+    responses(
+        (status = 200, description = "The engine after the check.", body = super::wire::EngineCheck),
+        (status = 404, description = "No such engine, or it was removed during the check.", body = super::error::Detail),
+    ),
+)]
 pub async fn check_one(
     State(state): State<AppState>,
     AppPath(id): AppPath<String>,
@@ -145,43 +215,51 @@ pub async fn check_one(
         let engine = registry.engine_view(&id, Timestamp::now()).ok_or_else(|| {
             ApiError::NotFound(format!("engine '{id}' was removed during the check"))
         })?;
-        json_response(&Checked {
+        json_response(&EngineCheck {
             engine,
-            check: Verdict {
+            check: CheckOutcome {
                 ok: outcome.ok,
                 latency_ms: millis(outcome.latency),
-                error: outcome.error.as_deref(),
+                error: outcome.error.clone(),
             },
         })
     })
 }
 
-/// `POST /engines/{id}/health/check`'s answer.
-#[derive(serde::Serialize)]
-struct Checked<'a> {
-    engine: crate::registry::EngineView<'a>,
-    check: Verdict<'a>,
-}
-
-#[derive(serde::Serialize)]
-struct Verdict<'a> {
-    ok: bool,
-    latency_ms: f64,
-    error: Option<&'a str>,
-}
-
 /// `POST /health/check`: a sweep over every engine, now.
+#[utoipa::path(
+    post, path = "/health/check", tag = "health", operation_id = "checkAllEngines",
+    summary = "Check every engine now",
+    description = "Runs a health sweep over every engine now (`source: manual`) and answers with the results. No body.",
+    responses((status = 200, description = "The sweep.", body = health::SweepReport)),
+)]
 pub async fn check_all(State(state): State<AppState>) -> Json<health::SweepReport> {
     Json(health::sweep(&state.orch, CheckSource::Manual).await)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[schema(as = SelectRequest)]
 struct SelectBody {
+    /// Limit of active streams plus open reservations per engine; default `MAX_STREAMS_PER_ENGINE`.
+    #[schema(minimum = 1, maximum = 10000)]
     max_streams_per_engine: Option<i64>,
 }
 
 /// `POST /engines/select`: picks and reserves the best engine. The body is
 /// optional (`{}` or nothing uses `MAX_STREAMS_PER_ENGINE`).
+#[utoipa::path(
+    post, path = "/engines/select", tag = "engines", operation_id = "selectEngine",
+    summary = "Pick and reserve the best engine",
+    description = "Picks a healthy engine whose active streams plus open reservations are under the limit: fewest of those first, then the oldest `last_stream_usage` (never used first), ties by id. Reserves a slot on it until a `stream_started` arrives for it or the reservation expires (`SELECT_RESERVATION_TTL_S`). The body is optional: empty or `{}` uses `MAX_STREAMS_PER_ENGINE`; no Content-Type is required. When nothing fits and a container runtime is available below MAX_REPLICAS, a new engine is started first.",
+    request_body(content = Option<SelectBody>, description = "Optional."),
+    responses(
+        (status = 200, description = "The engine and its reservation.", body = super::wire::Selection),
+        (status = 408, description = "The body did not arrive within `HTTP_HEADER_TIMEOUT_S` seconds.", body = super::error::Detail),
+        (status = 413, description = "The body is larger than 64 KiB.", body = super::error::Detail),
+        (status = 422, description = "The body does not fit `{\"max_streams_per_engine\"?: int}`, or the limit is out of range (1-10000).", body = super::error::Detail),
+        (status = 503, description = "No healthy engine has a free slot.", body = super::error::Detail),
+    ),
+)]
 pub async fn select(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -215,20 +293,12 @@ pub async fn select(
         let engine = registry
             .engine_view(&reservation.engine_id, Timestamp::now())
             .ok_or_else(|| ApiError::Internal("selected engine vanished".into()))?;
-        json_response(&Selected {
+        json_response(&Selection {
             engine,
-            reservation_id: &reservation.reservation_id,
+            reservation_id: reservation.reservation_id.clone(),
             expires_at: reservation.expires_at,
         })
     })
-}
-
-/// `POST /engines/select`'s answer.
-#[derive(serde::Serialize)]
-struct Selected<'a> {
-    engine: crate::registry::EngineView<'a>,
-    reservation_id: &'a str,
-    expires_at: Timestamp,
 }
 
 /// One engine in its wire shape, serialized under the read lock.

@@ -39,8 +39,13 @@ pub enum ApiError {
 /// Longest `detail` sent back, in bytes.
 const MAX_DETAIL: usize = 512;
 
-#[derive(Serialize)]
-struct Detail<'a> {
+/// Every error answer: a message naming what was wrong.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+// No effect on serializing; tells the OpenAPI schema `additionalProperties: false`.
+#[serde(deny_unknown_fields)]
+pub struct Detail<'a> {
+    #[schema(example = "engine '127.0.0.1:19023' not found")]
     detail: &'a str,
 }
 

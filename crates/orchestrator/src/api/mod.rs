@@ -6,9 +6,11 @@ mod containers;
 mod engines;
 pub mod error;
 mod events;
+mod openapi;
 pub mod panel;
 mod streams;
 mod system;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use axum::{middleware, Router};
 use tower_http::trace::TraceLayer;
 
 pub use body::read_bodies_first;
+pub use openapi::json as openapi_json;
 
 use crate::service::Orchestrator;
 use error::ApiError;

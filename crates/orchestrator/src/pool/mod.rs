@@ -124,15 +124,19 @@ impl PoolSettings {
 }
 
 /// What `POST /provision/acestream` answers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Provisioned {
     pub container_id: String,
+    #[schema(example = "engine-3")]
     pub container_name: String,
+    /// Where the orchestrator reaches the engine: 127.0.0.1, or the container
+    /// name on DOCKER_NETWORK.
     pub host: String,
     pub port: u16,
     pub host_http_port: u16,
     pub container_http_port: u16,
     pub container_https_port: u16,
+    #[schema(required = true)]
     pub host_https_port: Option<u16>,
     /// Milliseconds from the request to the engine's first good answer.
     pub ready_ms: f64,

@@ -77,41 +77,79 @@ pub struct StreamStart {
 }
 
 /// The wire shape of an engine (CONTRACT.md), plus our additions after `streams`.
-#[derive(Debug, Serialize)]
+/// An engine with its health and usage. The fields up to `last_stream_usage`
+/// are the contract; the rest are additions.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Engine)]
 pub struct EngineView<'a> {
+    /// Docker id; for an engine not run by us, `host:port`.
+    #[schema(example = "127.0.0.1:19023")]
     pub container_id: &'a str,
+    /// Container name, e.g. `engine-3`, or the name given at registration.
+    #[schema(required = true)]
     pub container_name: Option<&'a str>,
+    /// Where the engine's HTTP API answers.
+    #[schema(example = "127.0.0.1")]
     pub host: &'a str,
+    #[schema(minimum = 1, maximum = 65535, example = 19023)]
     pub port: u16,
+    /// Container labels, or the labels given at registration.
     pub labels: &'a BTreeMap<String, String>,
+    /// When the orchestrator first saw the engine.
     pub first_seen: Timestamp,
+    /// When the engine was last seen (registration, Docker resync, stream start).
     pub last_seen: Timestamp,
+    /// Ids of the engine's active (started) streams.
     pub streams: Vec<&'a str>,
     pub health_status: HealthStatus,
+    /// When the last health check finished; null before the first.
+    #[schema(required = true)]
     pub last_health_check: Option<Timestamp>,
+    /// When a stream last started on the engine; null = never.
+    #[schema(required = true)]
     pub last_stream_usage: Option<Timestamp>,
     pub runtime: RuntimeKind,
+    /// When `health_status` last changed.
+    #[schema(required = true)]
     pub health_since: Option<Timestamp>,
+    /// Failed checks in a row.
     pub consecutive_failures: u32,
+    /// Why the last failed check failed; null after a success.
+    #[schema(required = true)]
     pub last_health_error: Option<&'a str>,
+    /// Latency of the last probe, in milliseconds.
+    #[schema(required = true)]
     pub last_probe_latency_ms: Option<f64>,
+    /// Streams ever started on the engine.
     pub streams_total: u64,
+    /// Total time with at least one active stream, in seconds.
+    #[schema(minimum = 0)]
     pub busy_seconds: f64,
+    /// Open reservations from `POST /engines/select`.
     pub reservations: u32,
     /// True while unhealthy engines are not replaced because too many are
     /// unhealthy at once (a shared cause is suspected).
     pub replacement_suspended: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = HealthHistory)]
 pub struct HealthHistoryView<'a> {
     pub container_id: &'a str,
     pub health_status: HealthStatus,
+    /// When `health_status` last changed.
+    #[schema(required = true)]
     pub health_since: Option<Timestamp>,
+    /// When the last check finished.
+    #[schema(required = true)]
     pub last_health_check: Option<Timestamp>,
     pub consecutive_failures: u32,
+    /// Why the last failed check failed; null after a success.
+    #[schema(required = true)]
     pub last_health_error: Option<&'a str>,
+    /// Newest first, at most `HEALTH_HISTORY_MAX`.
     pub transitions: Vec<&'a HealthTransition>,
+    /// Newest first, at most `HEALTH_HISTORY_MAX`.
     pub checks: Vec<&'a HealthCheck>,
 }
 

@@ -78,15 +78,15 @@ impl Registry {
                 .values()
                 .filter(|entry| !exclude.contains(&entry.engine.container_id))
                 .map(|entry| Candidate {
-                id: &entry.engine.container_id,
-                healthy: entry.engine.health.status == HealthStatus::Healthy,
-                load: entry.active.len() as u32
-                    + reserved
-                        .get(entry.engine.container_id.as_str())
-                        .copied()
-                        .unwrap_or(0),
-                last_stream_usage: entry.engine.usage.last_stream_usage,
-            }),
+                    id: &entry.engine.container_id,
+                    healthy: entry.engine.health.status == HealthStatus::Healthy,
+                    load: entry.active.len() as u32
+                        + reserved
+                            .get(entry.engine.container_id.as_str())
+                            .copied()
+                            .unwrap_or(0),
+                    last_stream_usage: entry.engine.usage.last_stream_usage,
+                }),
             max_streams,
         )?
         .to_owned();

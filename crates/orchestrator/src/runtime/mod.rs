@@ -51,12 +51,14 @@ pub struct ContainerSpec {
 }
 
 /// A container TCP port and the host port it is published on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 pub struct PortMapping {
+    #[schema(minimum = 1, maximum = 65535)]
     pub container_port: u16,
     /// In a [`ContainerSpec`]: `None` lets the runtime pick a free host port.
     /// In a [`ContainerInfo`]: the host port it is published on, `None` when
     /// it is not published (or not yet, for a container that is not running).
+    #[schema(required = true, minimum = 1, maximum = 65535)]
     pub host_port: Option<u16>,
 }
 

@@ -131,6 +131,15 @@ fn serve(asset: &Asset, request_headers: &HeaderMap) -> Response {
 }
 
 /// `GET /panel`: the dashboard page.
+#[utoipa::path(
+    get, path = "/panel", tag = "panel", operation_id = "panel",
+    summary = "The dashboard",
+    description = "The operator dashboard (HTML). Its scripts and stylesheet are compiled into the binary and it requests nothing from any other host; a Content-Security-Policy header makes the browser enforce that. Revalidated with `ETag` (`Cache-Control: no-cache`).",
+    responses(
+        (status = 200, description = "The page.", body = String, content_type = "text/html"),
+        (status = 304, description = "The browser's copy (`If-None-Match`) is current."),
+    ),
+)]
 pub async fn index(request_headers: HeaderMap) -> Response {
     let mut response = serve(&INDEX, &request_headers);
     let headers = response.headers_mut();
@@ -146,6 +155,20 @@ pub async fn index(request_headers: HeaderMap) -> Response {
 }
 
 /// `GET /panel/assets/{file}`: a script or the stylesheet.
+#[utoipa::path(
+    get, path = "/panel/assets/{file}", tag = "panel", operation_id = "panelAsset",
+    summary = "A dashboard asset",
+    description = "One of the dashboard's ES modules or its stylesheet, with its content type, an `ETag` and `Cache-Control: no-cache`.",
+    params(("file" = String, Path, description = "The file name, e.g. `app.js` or `style.css`.")),
+    responses(
+        (status = 200, description = "The file.", content(
+            (String = "text/javascript"),
+            (String = "text/css"),
+        )),
+        (status = 304, description = "The browser's copy (`If-None-Match`) is current."),
+        (status = 404, description = "The dashboard has no such file.", body = crate::api::error::Detail),
+    ),
+)]
 pub async fn asset(
     AppPath(file): AppPath<String>,
     request_headers: HeaderMap,
@@ -159,12 +182,29 @@ pub async fn asset(
 
 /// One check in a snapshot's `recent_checks`: enough to draw the strip and to
 /// say in a tooltip why a check failed.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct RecentCheck<'a> {
     ts: Timestamp,
     ok: bool,
+    /// Why the check failed; absent when it passed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     error: Option<&'a str>,
+}
+
+/// The pool as the dashboard shows it, taken under one lock so its parts agree.
+/// [`snapshot_json`] writes it without building this value (it splices in the
+/// JSON of `GET /engines`); this type is its shape, for the OpenAPI document.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PanelSnapshot<'a> {
+    /// When the snapshot was taken (the server's clock).
+    generated_at: Timestamp,
+    /// Exactly what `GET /engines` answers.
+    engines: Vec<crate::registry::EngineView<'a>>,
+    /// The started streams, newest first.
+    streams: Vec<&'a crate::domain::Stream>,
+    /// Per `container_id`, the engine's newest health checks (up to 30), newest first.
+    recent_checks: BTreeMap<String, Vec<RecentCheck<'a>>>,
 }
 
 /// The dashboard's picture of the pool, as JSON:
@@ -223,6 +263,12 @@ fn take_snapshot(orch: &Orchestrator) -> Result<String, ApiError> {
 }
 
 /// `GET /panel/snapshot`: the snapshot the event stream sends, once.
+#[utoipa::path(
+    get, path = "/panel/snapshot", tag = "panel", operation_id = "panelSnapshot",
+    summary = "One snapshot",
+    description = "What `GET /panel/events` sends, once: the dashboard polls it while the event stream is unavailable.",
+    responses((status = 200, description = "The pool now.", body = PanelSnapshot)),
+)]
 pub async fn snapshot(State(state): State<AppState>) -> Result<Response, ApiError> {
     let body = take_snapshot(&state.orch)?;
     Ok((
@@ -270,6 +316,14 @@ fn snapshots(orch: Arc<Orchestrator>) -> impl Stream<Item = Result<Event, Infall
 
 /// `GET /panel/events`: server-sent events, each a `snapshot` (see
 /// [`snapshot_json`]), with a keep-alive comment every [`KEEP_ALIVE`].
+#[utoipa::path(
+    get, path = "/panel/events", tag = "panel", operation_id = "panelEvents",
+    summary = "Live snapshots (server-sent events)",
+    description = "A `text/event-stream`. On connect it sends an event `snapshot` whose data is a `PanelSnapshot` (JSON on one line), then another after each change of the registry, at most one every 300 ms. A comment line `: keep-alive` follows 15 s of silence. The first event carries `retry: 2000` (reconnect after 2 s).",
+    responses((status = 200, description = "The event stream; it stays open.", content(
+        (String = "text/event-stream", example = "retry: 2000\nevent: snapshot\ndata: {\"generated_at\":\"2026-11-28T03:27:46.123Z\",\"engines\":[],\"streams\":[],\"recent_checks\":{}}\n\n"),
+    ))),
+)]
 pub async fn events(State(state): State<AppState>) -> impl IntoResponse {
     let stream = futures::StreamExt::take_until(
         snapshots(state.orch.clone()),
