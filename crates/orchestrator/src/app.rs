@@ -15,6 +15,8 @@ use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::pool::reconciler::Reconciler;
 use crate::pool::Pool;
+use crate::proxy::hub::{Proxy, ProxySettings};
+use crate::proxy::SessionConfig;
 use crate::registry::Registry;
 use crate::runtime::DockerRuntime;
 use crate::service::{Orchestrator, Settings};
@@ -32,6 +34,8 @@ pub struct App {
     orch: Arc<Orchestrator>,
     pool: Arc<Pool>,
     reconciler: Reconciler,
+    proxy: Arc<Proxy>,
+    stream_token: Option<Arc<str>>,
     api_key: Option<Arc<str>>,
 }
 
@@ -56,6 +60,7 @@ impl App {
         let orch = Arc::new(Orchestrator::new(registry, store, settings));
         let runtime = Arc::new(DockerRuntime::from_env());
         let (pool, reconciler) = Pool::from_config(runtime, orch.clone(), config);
+        let orch_for_proxy = orch.clone();
         // Adopt what already runs before answering anyone; a daemon that is down
         // now is retried by the reconciler.
         if let Err(error) = pool.resync().await {
@@ -68,6 +73,8 @@ impl App {
             orch,
             pool,
             reconciler,
+            proxy: Proxy::new(orch_for_proxy, proxy_settings(config)),
+            stream_token: config.stream_token.as_deref().map(Arc::from),
             api_key: config.api_key.as_deref().map(Arc::from),
         })
     }
@@ -106,6 +113,8 @@ impl App {
 
         tracing::info!(%addr, "listening");
         let router = api::router(AppState {
+            proxy: self.proxy.clone(),
+            stream_token: self.stream_token.clone(),
             orch: self.orch.clone(),
             api_key: self.api_key,
             pool: Some(self.pool.clone()),
@@ -142,6 +151,24 @@ impl App {
         self.orch.flush().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The built-in proxy's settings.
+pub fn proxy_settings(config: &Config) -> ProxySettings {
+    ProxySettings {
+        session: SessionConfig {
+            ring_bytes: config.proxy_buffer_mb as usize * 1024 * 1024,
+            stall_timeout: Duration::from_secs_f64(config.proxy_stall_s),
+            failover_timeout: Duration::from_secs_f64(config.proxy_failover_timeout_s),
+            max_failover_attempts: 5,
+            headroom: Duration::from_secs_f64(config.proxy_headroom_s),
+            max_viewers: config.max_viewers_per_stream as usize,
+        },
+        linger: Duration::from_secs_f64(config.proxy_linger_s),
+        max_sessions: config.proxy_max_sessions as usize,
+        max_streams_per_engine: config.max_streams_per_engine,
+        engine_timeout: config.health_timeout().max(Duration::from_secs(10)),
     }
 }
 

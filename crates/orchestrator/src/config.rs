@@ -222,6 +222,63 @@ pub struct Config {
     #[arg(long, env = "SELECT_RESERVATION_TTL_S", value_name = "SELECT_RESERVATION_TTL_S", default_value = "30", value_parser = parse_seconds)]
     pub select_reservation_ttl_s: f64,
 
+    /// Built-in proxy: seconds without a byte from the engine before the
+    /// stream moves to another engine.
+    #[arg(long, env = "PROXY_STALL_S", value_name = "PROXY_STALL_S", default_value = "5", value_parser = parse_seconds)]
+    pub proxy_stall_s: f64,
+
+    /// Built-in proxy: seconds a failover (or a first start) may take before
+    /// viewers' connections end.
+    #[arg(long, env = "PROXY_FAILOVER_TIMEOUT_S", value_name = "PROXY_FAILOVER_TIMEOUT_S", default_value = "20", value_parser = parse_seconds)]
+    pub proxy_failover_timeout_s: f64,
+
+    /// Built-in proxy: seconds a session lives on after its last viewer left
+    /// (zapping back re-uses it).
+    #[arg(long, env = "PROXY_LINGER_S", value_name = "PROXY_LINGER_S", default_value = "10", value_parser = parse_non_negative_seconds)]
+    pub proxy_linger_s: f64,
+
+    /// Built-in proxy: seconds behind the live edge viewers are served, so a
+    /// failover shorter than this is not seen (0 = live edge).
+    #[arg(long, env = "PROXY_HEADROOM_S", value_name = "PROXY_HEADROOM_S", default_value = "0", value_parser = parse_non_negative_seconds)]
+    pub proxy_headroom_s: f64,
+
+    /// Built-in proxy: memory per stream (the shared buffer), in MiB.
+    #[arg(
+        long,
+        env = "PROXY_BUFFER_MB",
+        value_name = "PROXY_BUFFER_MB",
+        default_value_t = 16
+    )]
+    pub proxy_buffer_mb: u32,
+
+    /// Built-in proxy: most viewers of one stream.
+    #[arg(
+        long,
+        env = "MAX_VIEWERS_PER_STREAM",
+        value_name = "MAX_VIEWERS_PER_STREAM",
+        default_value_t = 100
+    )]
+    pub max_viewers_per_stream: u32,
+
+    /// Built-in proxy: most streams (contents) served at once.
+    #[arg(
+        long,
+        env = "PROXY_MAX_SESSIONS",
+        value_name = "PROXY_MAX_SESSIONS",
+        default_value_t = 200
+    )]
+    pub proxy_max_sessions: u32,
+
+    /// Built-in proxy: when set, `/ace/getstream` needs `?token=` with this value
+    /// (players cannot send a bearer header).
+    #[arg(
+        long,
+        env = "STREAM_TOKEN",
+        value_name = "STREAM_TOKEN",
+        hide_env_values = true
+    )]
+    pub stream_token: Option<String>,
+
     /// Engine image.
     #[arg(
         long,
@@ -325,6 +382,10 @@ impl fmt::Debug for Config {
             .field("app_host", &self.app_host)
             .field("app_port", &self.app_port)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "stream_token",
+                &self.stream_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("db_url", &self.db_url)
             .field("health_check_interval_s", &self.health_check_interval_s)
             .field("health_check_timeout_s", &self.health_check_timeout_s)
@@ -370,6 +431,15 @@ impl Config {
         }
         if self.stats_history_max == 0 {
             return Err(invalid("STATS_HISTORY_MAX", "must be 1 or more"));
+        }
+        if self.proxy_buffer_mb == 0 || self.proxy_buffer_mb > 1024 {
+            return Err(invalid("PROXY_BUFFER_MB", "must be between 1 and 1024"));
+        }
+        if self.max_viewers_per_stream == 0 {
+            return Err(invalid("MAX_VIEWERS_PER_STREAM", "must be 1 or more"));
+        }
+        if self.proxy_max_sessions == 0 {
+            return Err(invalid("PROXY_MAX_SESSIONS", "must be 1 or more"));
         }
         if self.max_streams_per_engine == 0 {
             return Err(invalid("MAX_STREAMS_PER_ENGINE", "must be 1 or more"));

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub replacements: Counter,
     pub replacement_suspended: Gauge,
     pub store_queue_depth: Gauge,
+    pub proxy_sessions_started: Counter,
+    pub proxy_failovers: Counter,
+    pub proxy_viewers: Gauge,
     pub store_dropped_writes: Gauge,
 }
 
@@ -77,6 +80,9 @@ impl Metrics {
             replacements: Counter::default(),
             replacement_suspended: Gauge::default(),
             store_queue_depth: Gauge::default(),
+            proxy_sessions_started: Counter::default(),
+            proxy_failovers: Counter::default(),
+            proxy_viewers: Gauge::default(),
             store_dropped_writes: Gauge::default(),
             registry: Registry::default(),
         };
@@ -163,6 +169,21 @@ impl Metrics {
             "orch_store_dropped_writes",
             "Background writes (checks, stats) dropped because the database queue was full",
             m.store_dropped_writes.clone(),
+        );
+        registry.register(
+            "orch_proxy_sessions_started",
+            "Engine sessions the built-in proxy started (one per content, shared by its viewers)",
+            m.proxy_sessions_started.clone(),
+        );
+        registry.register(
+            "orch_proxy_failovers",
+            "Proxied streams moved to another engine mid-stream",
+            m.proxy_failovers.clone(),
+        );
+        registry.register(
+            "orch_proxy_viewers",
+            "Players reading streams through the built-in proxy now",
+            m.proxy_viewers.clone(),
         );
         for status in HealthStatus::ALL {
             let _ = m.engines.get_or_create(&StatusLabel {

@@ -116,7 +116,13 @@ async fn in_process(peer: SocketAddr) -> axum::Router {
         retention,
     };
     let orch = Arc::new(Orchestrator::new(Registry::new(limits), store, settings));
+    let proxy = orchestrator::proxy::hub::Proxy::new(
+        orch.clone(),
+        orchestrator::app::proxy_settings(&orchestrator::config::Config::from_args(["x"]).unwrap()),
+    );
     router(AppState {
+        proxy,
+        stream_token: None,
         orch,
         api_key: None,
         pool: None,

@@ -8,6 +8,7 @@ pub mod error;
 mod events;
 mod openapi;
 pub mod panel;
+mod play;
 mod streams;
 mod system;
 mod wire;
@@ -34,6 +35,10 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct AppState {
     pub orch: Arc<Orchestrator>,
     pub api_key: Option<Arc<str>>,
+    /// The built-in stream proxy.
+    pub proxy: Arc<crate::proxy::hub::Proxy>,
+    /// `STREAM_TOKEN`: what `/ace/getstream` needs in `?token=`, when set.
+    pub stream_token: Option<Arc<str>>,
     /// The engines we run as containers; `None` without a container runtime.
     pub pool: Option<Arc<crate::pool::Pool>>,
     /// Cancelled at shutdown; endless responses (the dashboard's event stream)
@@ -82,6 +87,7 @@ routes! {
     POST "/engines/{id}/health/check" true => post(engines::check_one);
     POST "/engines/select" true => post(engines::select);
     POST "/health/check" true => post(engines::check_all);
+    GET "/ace/getstream" false => get(play::getstream);
     GET "/streams" false => get(streams::list);
     GET "/streams/{id}" false => get(streams::get);
     DELETE "/streams/{id}" true => delete(streams::stop);

@@ -12,7 +12,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::error::Detail;
 use super::panel;
-use super::{containers, engines, events, streams, system};
+use super::{containers, engines, events, play, streams, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -33,6 +33,7 @@ use super::{containers, engines, events, streams, system};
         streams::get,
         streams::stop,
         streams::stats,
+        play::getstream,
         events::stream_started,
         events::stream_ended,
         system::metrics,

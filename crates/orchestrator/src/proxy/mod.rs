@@ -57,6 +57,7 @@
 //! # }
 //! ```
 
+pub mod hub;
 pub mod ring;
 pub mod session;
 pub mod ts;

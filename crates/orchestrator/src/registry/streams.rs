@@ -246,6 +246,16 @@ impl Registry {
         }
     }
 
+    /// Players reading streams through the built-in proxy now.
+    pub fn proxy_viewer_count(&self) -> u64 {
+        self.engines
+            .values()
+            .flat_map(|e| e.active.iter())
+            .filter_map(|id| self.streams.get(id))
+            .map(|s| u64::from(s.viewers))
+            .sum()
+    }
+
     /// Records a failover of a proxied stream (the most recent `max` kept).
     pub fn push_failover(
         &mut self,

@@ -162,11 +162,15 @@ impl Orchestrator {
     /// Picks and reserves the best engine (healthy, fewest streams plus
     /// reservations under `max`, idle longest).
     pub fn select(&self, max: u32) -> Option<Selection> {
+        self.select_among(max, &[])
+    }
+
+    fn select_among(&self, max: u32, exclude: &[String]) -> Option<Selection> {
         let ttl = self.settings.reservation_ttl_s;
-        let reservation = self
-            .registry
-            .write()
-            .select_and_reserve(max, ttl, Timestamp::now());
+        let reservation =
+            self.registry
+                .write()
+                .select_and_reserve_excluding(max, ttl, Timestamp::now(), exclude);
         // A reservation changes the engine's load: live views should show it.
         if reservation.is_some() {
             self.changed();
@@ -178,12 +182,22 @@ impl Orchestrator {
     /// configured, starts an engine and picks again (another caller may take
     /// the new engine first; then the answer is "none free").
     pub async fn select_or_provision(&self, max: u32) -> Result<Selection, SelectError> {
-        let mut selection = self.select(max);
+        self.select_excluding(max, &[]).await
+    }
+
+    /// [`Orchestrator::select_or_provision`] among the engines not in
+    /// `exclude` (the built-in proxy leaves out engines that failed it).
+    pub async fn select_excluding(
+        &self,
+        max: u32,
+        exclude: &[String],
+    ) -> Result<Selection, SelectError> {
+        let mut selection = self.select_among(max, exclude);
         let mut provision_error = None;
         if selection.is_none() {
             if let Some(provisioner) = self.provisioner() {
                 match provisioner.provision().await {
-                    Ok(_) => selection = self.select(max),
+                    Ok(_) => selection = self.select_among(max, exclude),
                     Err(e) => provision_error = Some(e),
                 }
             }

@@ -197,7 +197,14 @@ impl Orchestrator {
     }
 
     pub fn refresh_gauges(&self) {
-        let (counts, active) = self.read(|r| (r.health_counts(), r.active_stream_count()));
+        let (counts, active, viewers) = self.read(|r| {
+            (
+                r.health_counts(),
+                r.active_stream_count(),
+                r.proxy_viewer_count(),
+            )
+        });
+        self.metrics.proxy_viewers.set(viewers as i64);
         self.metrics.set_engine_counts(counts, active);
         self.metrics
             .store_queue_depth

@@ -63,6 +63,29 @@ impl Orchestrator {
         Ok((stream, engine_stop))
     }
 
+    /// How many players read a proxied stream now (memory only).
+    pub fn set_viewers(&self, stream_id: &str, viewers: u32) {
+        if self.registry.write().set_viewers(stream_id, viewers) {
+            self.changed();
+        }
+    }
+
+    /// Records a failover of a proxied stream.
+    pub async fn record_failover(
+        &self,
+        stream_id: &str,
+        failover: crate::domain::FailoverRecord,
+        keep: usize,
+    ) -> Result<(), ServiceError> {
+        self.write(|registry, _| {
+            Ok::<_, std::convert::Infallible>((
+                (),
+                registry.push_failover(stream_id, failover, keep),
+            ))
+        })
+        .await
+    }
+
     /// Keeps a stat snapshot of a started stream (in the background).
     pub fn push_stat(&self, stream_id: &str, snapshot: StatSnapshot) {
         self.write_in_background(|registry, _| ((), registry.push_stat(stream_id, snapshot)));
