@@ -76,7 +76,8 @@ pub struct StreamStart {
     pub reservation_id: Option<String>,
 }
 
-/// The wire shape of an engine (CONTRACT.md), plus our additions after `streams`.
+/// The wire shape of an engine (docs/CONTRACT.md, "Engine"), plus our additions
+/// after `streams`.
 #[derive(Debug, Serialize)]
 pub struct EngineView<'a> {
     pub container_id: &'a str,
