@@ -574,7 +574,7 @@ pub async fn ingest(
     })
 }
 
-/// A `stream_started` event in the shape CONTRACT.md gives, for an engine on
+/// A `stream_started` event in the shape docs/CONTRACT.md gives, for an engine on
 /// loopback, with its stat and command URLs on that engine.
 pub fn started_event(port: u16, key: &str, session: &str, stream_id: &str) -> serde_json::Value {
     json!({

@@ -1,4 +1,5 @@
-//! The engine's HTTP API (see docs/ENGINE-API.md), with the failure modes applied in front.
+//! The engine's HTTP API (see the repository's docs/ENGINE-API.md), with the
+//! failure modes applied in front.
 
 use std::collections::HashMap;
 use std::sync::Arc;

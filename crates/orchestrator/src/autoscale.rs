@@ -1,10 +1,11 @@
 //! The autoscaling decision: a pure function from the pool to a plan, so that
 //! its rules are tested exhaustively and never need a daemon.
 //!
-//! Rules (CONTRACT.md): keep `min_free` engines without a stream, never run
-//! more than `max_total`, honour the demand set through `POST /scale/{demand}`,
-//! remove an empty engine above the minimum only after `grace_s`, and with
-//! `auto_delete` remove an engine whose stream ended (after the same grace).
+//! Rules (docs/CONTRACT.md, "Containers we run"): keep `min_free` engines
+//! without a stream, never run more than `max_total`, honour the demand set
+//! through `POST /scale/{demand}`, remove an empty engine above the minimum
+//! only after `grace_s`, and with `auto_delete` remove an engine whose stream
+//! ended (after the same grace).
 
 use crate::time::Timestamp;
 

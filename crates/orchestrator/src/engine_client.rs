@@ -3,7 +3,8 @@
 //! stream (the built-in proxy). Every call has its own timeout and every
 //! failure is classified, so that callers decide by kind, not by text.
 //!
-//! The engine's API is described in `docs/ENGINE-API.md`.
+//! The engine's API, as used here, is described in the repository's
+//! `docs/ENGINE-API.md`.
 
 use std::time::Duration;
 

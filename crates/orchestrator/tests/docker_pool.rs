@@ -93,7 +93,7 @@ async fn provisioning_answers_when_the_engine_is_ready_and_delete_removes_it() {
     assert_eq!(registered["runtime"], "docker");
     assert_eq!(registered["health_status"], "healthy");
 
-    // Labels and CONF as CONTRACT.md says.
+    // Labels and CONF as docs/CONTRACT.md ("Containers we run") says.
     let label = orch.label();
     let (key, value) = label.split_once('=').unwrap();
     let (_, container) = orch.get(&format!("/containers/{id}")).await;

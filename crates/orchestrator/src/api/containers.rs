@@ -1,5 +1,6 @@
-//! Container routes (CONTRACT.md): provisioning, inspection, removal, scaling
-//! and garbage collection of the containers we manage.
+//! Container routes (docs/CONTRACT.md, "Containers we run"): provisioning,
+//! inspection, removal, scaling and garbage collection of the containers we
+//! manage.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -76,9 +76,8 @@ pub struct StreamStart {
     pub reservation_id: Option<String>,
 }
 
-/// The wire shape of an engine (CONTRACT.md), plus our additions after `streams`.
-/// An engine with its health and usage. The fields up to `last_stream_usage`
-/// are the contract; the rest are additions.
+/// The wire shape of an engine (docs/CONTRACT.md, "Engine"): the fields up to
+/// `last_stream_usage` are the contract; the rest are additions.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[schema(as = Engine)]
 pub struct EngineView<'a> {
