@@ -134,6 +134,9 @@ pub struct Store {
     depth: Arc<AtomicUsize>,
     /// Background writes dropped because the queue was full.
     dropped: Arc<AtomicU64>,
+    /// Write jobs sent whose changes are not on disk yet: queued, being
+    /// committed, or kept after a failed commit for the next one.
+    unsaved: Arc<AtomicUsize>,
 }
 
 impl Store {
@@ -156,10 +159,12 @@ impl Store {
         let loaded = load(&conn, retention, ended_streams_max)?;
         let (jobs, rx) = mpsc::unbounded_channel();
         let depth = Arc::new(AtomicUsize::new(0));
+        let unsaved = Arc::new(AtomicUsize::new(0));
         let writer_depth = depth.clone();
+        let writer_unsaved = unsaved.clone();
         thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, &writer_depth))
+            .spawn(move || writer_loop(conn, rx, &writer_depth, &writer_unsaved))
             .map_err(StoreError::Thread)?;
         let dropped = Arc::new(AtomicU64::new(0));
         Ok((
@@ -167,6 +172,7 @@ impl Store {
                 jobs,
                 depth,
                 dropped,
+                unsaved,
             },
             loaded,
         ))
@@ -196,9 +202,16 @@ impl Store {
     }
 
     fn send(&self, job: Job) -> bool {
+        let write = matches!(job, Job::Write { .. });
         self.depth.fetch_add(1, Ordering::Relaxed);
+        if write {
+            self.unsaved.fetch_add(1, Ordering::Relaxed);
+        }
         if self.jobs.send(job).is_err() {
             self.depth.fetch_sub(1, Ordering::Relaxed);
+            if write {
+                self.unsaved.fetch_sub(1, Ordering::Relaxed);
+            }
             tracing::warn!("database writer has stopped; a write was dropped");
             return false;
         }
@@ -213,6 +226,15 @@ impl Store {
     /// Background writes dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Whether changes already made in memory are not on disk yet (queued,
+    /// being committed, or kept after a failed commit). A command that finds
+    /// nothing to change must then still wait for a commit before it answers
+    /// 2xx: the state it confirms may be one of those changes (a retried
+    /// `stream_ended` whose first attempt got 503).
+    pub fn has_unsaved(&self) -> bool {
+        self.unsaved.load(Ordering::Acquire) > 0
     }
 
     /// Fails when an acknowledged write could not be queued. Checked before
@@ -303,7 +325,12 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn writer_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, depth: &AtomicUsize) {
+fn writer_loop(
+    mut conn: Connection,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    depth: &AtomicUsize,
+    unsaved: &AtomicUsize,
+) {
     // Batches whose commit failed, oldest first. Their changes are already in
     // memory, so they are written again, ahead of newer ones, with the next
     // commit: memory and disk converge as soon as the database takes writes.
@@ -339,6 +366,9 @@ fn writer_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, dep
                     if retried > 0 {
                         tracing::info!(batches = retried, "writes that had failed are saved now");
                     }
+                    // Before the acks: whoever is answered 2xx next sees
+                    // these as saved.
+                    unsaved.fetch_sub(retried + writes.len(), Ordering::Release);
                     dirty.clear();
                     dirty_ops = 0;
                 }
@@ -352,7 +382,10 @@ fn writer_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, dep
                     }
                     while dirty_ops > DIRTY_LIMIT {
                         match dirty.pop_front() {
-                            Some(old) => dirty_ops -= old.len(),
+                            Some(old) => {
+                                dirty_ops -= old.len();
+                                unsaved.fetch_sub(1, Ordering::Release);
+                            }
                             None => break,
                         }
                     }

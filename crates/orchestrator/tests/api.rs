@@ -727,3 +727,48 @@ async fn the_healthcheck_flag_says_whether_the_orchestrator_is_live() {
         "{stderr}"
     );
 }
+
+/// An upload a few MiB over the limit, from a client that sends its whole body
+/// before it reads (reqwest), gets the JSON 413 rather than a connection
+/// reset: the body is read and dropped up to 16 MiB, as nginx's lingering
+/// close does. A much larger one is refused unread (a reset or a 413, either
+/// way), and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_a_few_mib_over_the_limit_gets_its_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let orch = Orch::start(dir.path(), &[("API_KEY", "secret")]).await;
+    let client = reqwest::Client::new();
+    let upload = |size: usize| {
+        client
+            .post(orch.url("/events/stream_started"))
+            .bearer_auth("secret")
+            .header("content-type", "application/json")
+            .body(vec![b'a'; size])
+            .send()
+    };
+
+    // Refused unread, the answer races the reset the unread bytes draw, and
+    // the client loses now and then: twenty tries make the loss certain.
+    for attempt in 0..20 {
+        let response = upload(4 * 1024 * 1024)
+            .await
+            .unwrap_or_else(|e| panic!("attempt {attempt}: a 4 MiB body drew {e:?}"));
+        assert_eq!(response.status(), 413);
+        let body: Value = response.json().await.unwrap();
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("larger than the limit"), "{body}");
+    }
+
+    // Refused unread: whatever the client sees, never a 2xx.
+    if let Ok(response) = upload(32 * 1024 * 1024).await {
+        assert_eq!(response.status(), 413);
+    }
+    let (status, _) = orch.get("/engines").await;
+    assert_eq!(
+        status, 200,
+        "the server keeps serving after a 32 MiB upload"
+    );
+    // And the same client, on a fresh or kept-alive connection, still works.
+    let response = upload(4 * 1024 * 1024).await.unwrap();
+    assert_eq!(response.status(), 413);
+}

@@ -277,3 +277,112 @@ async fn a_read_only_database_answers_503_keeps_reads_and_recovers() {
     assert_eq!(status, 200, "recovers once the file is writable: {body}");
     assert!(!orch.logs().contains("panicked"));
 }
+
+/// A stream started and ended while the database is read-only: the events get
+/// 503 (their change may stay in memory), the proxy retries `stream_ended`, and
+/// the retry is not acknowledged before the change is on disk. Once the file
+/// is writable again, the retry's 200 means memory and disk agree: the stream
+/// is ended in both, also after a `kill -9` and a restart on the same file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_disk_agree_after_the_database_was_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut orch = Orch::start(dir.path(), &[("HEALTH_CHECK_INTERVAL_S", "60")]).await;
+    let (status, before) = orch
+        .post(
+            "/events/stream_started",
+            started_event(19_002, "before", "s"),
+        )
+        .await;
+    assert_eq!(status, 200, "{before}");
+    let engine_id = before["container_id"].as_str().unwrap().to_owned();
+
+    // The write queue's depth is exported.
+    let (status, metrics) = orch.get("/metrics").await;
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("orch_store_queue_depth ")),
+        "no orch_store_queue_depth sample in /metrics:\n{metrics}"
+    );
+
+    let mut wal = orch.db.clone().into_os_string();
+    wal.push("-wal");
+    let guard = Immutable::set(vec![orch.db.clone(), wal.into()]);
+
+    let mut started = started_event(19_002, "during", "s2");
+    started["labels"] = json!({ "stream_id": "ro-stream" });
+    let (status, body) = orch.post("/events/stream_started", started).await;
+    assert_eq!(status, 503, "{body}");
+    let ended = json!({ "stream_id": "ro-stream", "reason": "client left" });
+    let (status, body) = orch.post("/events/stream_ended", ended.clone()).await;
+    assert_eq!(status, 503, "{body}");
+    // The proxy retries. Memory may already say "ended", but nothing is on
+    // disk: a 2xx now would acknowledge a change a crash would lose.
+    let (status, body) = orch.post("/events/stream_ended", ended.clone()).await;
+    assert_eq!(
+        status, 503,
+        "a retry must not be acknowledged while the database cannot be written: {body}"
+    );
+
+    drop(guard);
+    // The proxy retries until it gets a 2xx.
+    let body = wait_for(
+        "stream_ended to be acknowledged",
+        Duration::from_secs(10),
+        || async {
+            let (status, body) = orch.post("/events/stream_ended", ended.clone()).await;
+            (status == 200).then_some(body)
+        },
+    )
+    .await;
+    assert!(body["stream"].is_object(), "{body}");
+
+    let check = |orch: &Orch, when: &'static str| {
+        let orch_base = orch.base.clone();
+        let client = orch.client.clone();
+        let engine_id = engine_id.clone();
+        async move {
+            let get = |path: String| {
+                let client = client.clone();
+                let url = format!("{orch_base}{path}");
+                async move {
+                    let r = client.get(url).send().await.unwrap();
+                    let status = r.status().as_u16();
+                    (status, r.json::<serde_json::Value>().await.unwrap())
+                }
+            };
+            let (status, stream) = get("/streams/ro-stream".into()).await;
+            assert_eq!(status, 200, "{when}: {stream}");
+            assert_eq!(stream["status"], "ended", "{when}: {stream}");
+            let (status, engine) = get(format!("/engines/{engine_id}")).await;
+            assert_eq!(status, 200, "{when}: {engine}");
+            let active: Vec<_> = engine["streams"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["id"] == "ro-stream")
+                .collect();
+            assert!(
+                active.is_empty(),
+                "{when}: still active on its engine: {engine}"
+            );
+        }
+    };
+    check(&orch, "in memory").await;
+
+    // No chance to flush anything: what is on disk is what the 200 promised.
+    orch.kill9().await;
+    orch.restart().await;
+    check(&orch, "after kill -9 and a restart").await;
+    let (_, streams) = orch.get("/streams?status=started").await;
+    let ids: Vec<_> = streams
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, vec![before["id"].as_str().unwrap().to_owned()]);
+    assert!(!orch.logs().contains("panicked"));
+}

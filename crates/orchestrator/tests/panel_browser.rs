@@ -728,6 +728,114 @@ async fn the_dashboard_shows_the_pool_and_follows_it_live() {
     assert!(errors.is_empty(), "the console shows errors: {errors:#?}");
 }
 
+/// Facts about the `.name` of the engine card `css`: its text, its title, its
+/// height against one line-height, and whether its text is cut off.
+const NAME_BOX: &str = "const e = document.querySelector(arguments[0] + ' .name');
+     if (!e) return null;
+     const style = getComputedStyle(e);
+     return {
+         text: e.textContent,
+         title: e.title,
+         lines: e.getBoundingClientRect().height / parseFloat(style.lineHeight),
+         elided: e.scrollWidth > e.clientWidth,
+         ellipsis: style.textOverflow,
+         width: e.clientWidth,
+     };";
+
+/// An engine's name is one line on its card and in its row: an address does
+/// not break in the middle (`127.0.0.1:` / `28828`), a name too long for its
+/// place is elided, and the full name is the element's tooltip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_name_stays_on_one_line_with_the_full_text_on_hover() {
+    if skipped() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let orch = Orch::start(dir.path(), &[("HEALTH_CHECK_INTERVAL_S", "60")]).await;
+    // No engine listens on these ports: the badge says "unhealthy" or
+    // "unknown", the widest words it has.
+    let address = orch.register(28828).await;
+    let long_name = format!("engine-{}", "with-a-very-long-name-".repeat(6));
+    let long = register(&orch, 28829, &long_name, None).await;
+    assert_eq!(
+        address, "127.0.0.1:28828",
+        "an unnamed engine is named by its address"
+    );
+
+    let browser = Browser::launch(1366, 1100).await;
+    browser.goto(&orch.url("/panel")).await;
+    browser.wait_text("#kpi-engines", "2").await;
+
+    // Every layout: cards, rows, and cards on a phone.
+    for (layout, width) in [("cards", 1366), ("rows", 1366), ("cards", 390)] {
+        browser.resize(width, 1100).await;
+        browser.click(&format!("[data-view=\"{layout}\"]")).await;
+        browser
+            .wait(
+                "the layout",
+                SHOWN,
+                "return document.getElementById('engines').classList.contains(arguments[0]);",
+                json!([layout]),
+            )
+            .await;
+        let context = format!("{layout} at {width} px");
+        let shown = browser
+            .wait("the address card", SHOWN, NAME_BOX, json!([card(&address)]))
+            .await;
+        assert_eq!(shown["text"], "127.0.0.1:28828", "{context}: {shown}");
+        let lines = shown["lines"].as_f64().unwrap();
+        assert!(
+            lines < 1.5,
+            "{context}: the address is on {lines} lines: {shown}"
+        );
+        assert_eq!(
+            shown["elided"], false,
+            "{context}: an address this short fits whole: {shown}"
+        );
+        assert!(
+            shown["title"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:28828"),
+            "{context}: {shown}"
+        );
+
+        let shown = browser
+            .wait(
+                "the long name's card",
+                SHOWN,
+                NAME_BOX,
+                json!([card(&long)]),
+            )
+            .await;
+        assert_eq!(shown["text"], long_name.as_str(), "{context}: {shown}");
+        let lines = shown["lines"].as_f64().unwrap();
+        assert!(
+            lines < 1.5,
+            "{context}: the long name is on {lines} lines: {shown}"
+        );
+        assert_eq!(shown["elided"], true, "{context}: {shown}");
+        assert_eq!(shown["ellipsis"], "ellipsis", "{context}: {shown}");
+        assert!(
+            shown["title"].as_str().unwrap().starts_with(&long_name),
+            "{context}: the full name is the tooltip: {shown}"
+        );
+        // Nothing overflows the page.
+        assert_eq!(
+            browser
+                .js(
+                    "return document.documentElement.scrollWidth <= window.innerWidth;",
+                    json!([])
+                )
+                .await,
+            true,
+            "{context}: the page scrolls sideways"
+        );
+    }
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "the console shows errors: {errors:#?}");
+}
+
 /// Whether `text` reads like "0s ago", "12s ago", "5m ago", "2h ago" or "3d ago".
 fn is_ago(text: &str) -> bool {
     text.strip_suffix(" ago").is_some_and(|n| {

@@ -24,8 +24,13 @@ use super::error::ApiError;
 use super::BODY_LIMIT;
 
 /// Bodies above [`BODY_LIMIT`] but below this are read and dropped before
-/// the 413; larger ones are refused unread.
-const DRAIN_LIMIT: usize = 1024 * 1024;
+/// the 413 (as nginx's lingering close does), so that a client that sends its
+/// whole body before reading, like most HTTP libraries, sees the 413 and its
+/// `detail` instead of a connection reset. Larger ones are refused unread: a
+/// reset is then the client's answer, and draining stops costing bandwidth.
+/// The body timeout bounds the draining too: a body over the limit that is
+/// still arriving when it passes gets its 413 then, unread.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
 /// `router` with every body read whole before it answers. A client gets
 /// `timeout` to send a body (at most [`BODY_LIMIT`] bytes); a slower one would
@@ -57,17 +62,7 @@ async fn read_whole_body(
         return Err(too_large());
     }
     let (parts, body) = request.into_parts();
-    let bytes = tokio::time::timeout(timeout, collect(body))
-        .await
-        .map_err(|_| {
-            ApiError::Status(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request body did not arrive within {:.1} s",
-                    timeout.as_secs_f64()
-                ),
-            )
-        })??;
+    let bytes = collect(body, timeout).await?;
     Ok(next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await)
@@ -75,12 +70,28 @@ async fn read_whole_body(
 
 /// The body's bytes, or 413 when they pass [`BODY_LIMIT`]. A body above the
 /// limit is still read (and dropped) up to [`DRAIN_LIMIT`], so that the 413
-/// reaches a client that sends its whole body before reading the answer.
-async fn collect(body: Body) -> Result<Vec<u8>, ApiError> {
+/// reaches a client that sends its whole body before reading the answer. A
+/// body that has not arrived within `timeout` gets 408, or 413 when what came
+/// already passes the limit.
+async fn collect(body: Body, timeout: Duration) -> Result<Vec<u8>, ApiError> {
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut stream = body.into_data_stream();
     let mut bytes = Vec::new();
     let mut total = 0;
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout_at(deadline, stream.next()).await else {
+            if total > BODY_LIMIT {
+                return Err(too_large());
+            }
+            return Err(ApiError::Status(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {:.1} s",
+                    timeout.as_secs_f64()
+                ),
+            ));
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| {
             ApiError::BadRequest(format!("the request body could not be read: {e}"))
         })?;

@@ -145,6 +145,13 @@ impl Orchestrator {
     /// awaited after the lock is gone. When the commit fails, the store keeps
     /// the change and writes it again with the next commit that succeeds, so
     /// memory and disk converge once the database is writable again.
+    ///
+    /// A change that finds nothing to do still waits for a commit while
+    /// earlier changes are not on disk: the state it answers with may be one
+    /// of them (a `stream_ended` retried after its first attempt got 503 has
+    /// the stream already ended in memory). Its 2xx then means what every 2xx
+    /// means, that the state it confirms is committed; while the database
+    /// still fails it gets the same 503 as the first attempt.
     async fn write<T, E>(
         &self,
         change: impl FnOnce(&mut Registry, Timestamp) -> Result<(T, Vec<WriteOp>), E>,
@@ -158,12 +165,17 @@ impl Orchestrator {
             // an acknowledged write must never be dropped for lack of room.
             self.store.ensure_room()?;
             let (value, ops) = change(&mut registry, Timestamp::now())?;
-            (value, (!ops.is_empty()).then(|| self.store.submit(ops)))
+            let changed = !ops.is_empty();
+            let pending = (changed || self.store.has_unsaved()).then(|| self.store.submit(ops));
+            (value, pending.map(|pending| (changed, pending)))
         };
-        // Every change worth showing is persisted, so a change without writes
-        // (a resync that found everything as it was) wakes no live view.
-        if let Some(pending) = pending {
-            self.changed();
+        if let Some((changed, pending)) = pending {
+            // Every change worth showing is persisted, so a change without
+            // writes (a resync that found everything as it was) wakes no
+            // live view.
+            if changed {
+                self.changed();
+            }
             pending.committed().await?;
         }
         Ok(value)

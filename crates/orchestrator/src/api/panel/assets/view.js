@@ -95,9 +95,12 @@ function createEngine(engine, id) {
   const name = el('button', 'name link');
   name.type = 'button';
   name.dataset.action = 'details';
-  name.title = 'Health history and transitions';
   const badge = el('span', 'badge');
   badge.append(el('span', 'dot'), el('span', 'word'));
+  // Name and badge share the card's first row; the name takes what the badge
+  // leaves and is elided there (the full text is its tooltip).
+  const head = el('div', 'head');
+  head.append(name, badge);
   const strip = el('div', 'strip');
   strip.setAttribute('role', 'img');
   const actions = el('div', 'actions');
@@ -109,8 +112,7 @@ function createEngine(engine, id) {
   remove.dataset.action = 'delete';
   actions.append(check, remove);
   card.append(
-    name,
-    badge,
+    head,
     field('Address', el('span', 'addr')),
     field('Streams', el('span', 'stream-count')),
     field('Last used', timeEl('ago usage')),
@@ -126,6 +128,9 @@ function updateEngine(card, { engine, checks }) {
   const name = engineName(engine);
   card.dataset.health = engine.health_status;
   setText(card.querySelector('.name'), name);
+  // One line, elided when too long (`127.0.0.1:28828` must not break in the
+  // middle): the tooltip carries the full name.
+  card.querySelector('.name').title = `${name}\nHealth history and transitions`;
   card.querySelector('.name').setAttribute('aria-label', `${name}: details`);
   setText(card.querySelector('.badge .word'), engine.health_status);
   const since = engine.health_since ? ` since ${fullTime(engine.health_since)}` : '';
