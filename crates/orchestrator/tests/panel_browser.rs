@@ -941,8 +941,10 @@ async fn polling_the_api_key_and_failed_actions() {
         )
         .await;
 
-    // "Check all" with a hung engine: red, with the key from storage.
-    sim.set_mode(Some(0), "hang").await;
+    // "Check all" with a failing engine: red, with the key from storage. (An
+    // engine answering 500, not a hung one: this orchestrator waits 60 s
+    // for a hung engine, see above.)
+    sim.set_mode(Some(0), "error").await;
     browser.wait_text("#kpi-engines", "1").await;
     browser.click("#check-all").await;
     wait_health(&browser, &id, "unhealthy", RED, SHOWN).await;

@@ -88,15 +88,13 @@ fn content_key(q: &PlayQuery) -> Result<ContentKey, ApiError> {
 }
 
 #[utoipa::path(
-    get, path = "/ace/getstream", tag = "proxy", operation_id = "getStream",
+    get, path = "/ace/getstream", tag = "proxy", operation_id = "playStream",
     summary = "Play a stream through the built-in proxy",
-    description = "MPEG-TS for players. Every viewer of a content shares one engine session; when the engine hangs or dies the stream moves to another engine without closing the connection. `HEAD` checks the parameters without starting anything. Open, or `?token=` when STREAM_TOKEN is set.",
+    description = "MPEG-TS for players. Every viewer of a content shares one engine session; when the engine hangs or dies the stream moves to another engine without closing the connection. `HEAD` checks the parameters without starting anything. Open (no bearer key: players cannot send one); when STREAM_TOKEN is set, `?token=` is required and a missing or wrong one gets 401 or 403.",
     params(PlayQuery),
     responses(
         (status = 200, description = "The stream (`video/mp2t`), endless while live.", content_type = "video/mp2t", body = Vec<u8>),
         (status = 400, description = "No content named, a malformed id, or `url=`.", body = super::error::Detail),
-        (status = 401, description = "STREAM_TOKEN is set and no token was given.", body = super::error::Detail),
-        (status = 403, description = "Wrong token.", body = super::error::Detail),
         (status = 502, description = "The engine refused the content (its own error).", body = super::error::Detail),
         (status = 503, description = "No engine could take the stream, or a limit was reached; see Retry-After.", body = super::error::Detail),
     ),
