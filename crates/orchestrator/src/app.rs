@@ -60,7 +60,7 @@ impl App {
         let orch = Arc::new(Orchestrator::new(registry, store, settings));
         let runtime = Arc::new(DockerRuntime::from_env());
         let (pool, reconciler) = Pool::from_config(runtime, orch.clone(), config);
-        let orch_for_proxy = orch.clone();
+        let proxy = Proxy::new(orch.clone(), proxy_settings(config));
         // Adopt what already runs before answering anyone; a daemon that is down
         // now is retried by the reconciler.
         if let Err(error) = pool.resync().await {
@@ -73,7 +73,7 @@ impl App {
             orch,
             pool,
             reconciler,
-            proxy: Proxy::new(orch_for_proxy, proxy_settings(config)),
+            proxy,
             stream_token: config.stream_token.as_deref().map(Arc::from),
             api_key: config.api_key.as_deref().map(Arc::from),
         })

@@ -194,13 +194,14 @@ impl EngineClient {
         Self { http }
     }
 
-    /// Gets `url` and parses the engine's JSON envelope.
-    async fn get_json<T: serde::de::DeserializeOwned>(
+    /// Gets `url` within `timeout` (headers and body). `ok` says which
+    /// statuses count as an answer.
+    async fn get(
         &self,
         url: reqwest::Url,
         timeout: Duration,
-        not_json: &'static str,
-    ) -> Result<T, EngineError> {
+        ok: fn(reqwest::StatusCode) -> bool,
+    ) -> Result<bytes::Bytes, EngineError> {
         let response = self
             .http
             .get(url)
@@ -208,13 +209,23 @@ impl EngineClient {
             .send()
             .await
             .map_err(|e| EngineError::from_request(&e, timeout))?;
-        if !response.status().is_success() {
+        if !ok(response.status()) {
             return Err(EngineError::Status(response.status()));
         }
-        let body = response
+        response
             .bytes()
             .await
-            .map_err(|e| EngineError::from_request(&e, timeout))?;
+            .map_err(|e| EngineError::from_request(&e, timeout))
+    }
+
+    /// Gets `url` and parses the engine's JSON envelope.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: reqwest::Url,
+        timeout: Duration,
+        not_json: &'static str,
+    ) -> Result<T, EngineError> {
+        let body = self.get(url, timeout, |s| s.is_success()).await?;
         serde_json::from_slice(&body).map_err(|_| EngineError::NotJson(not_json))
     }
 
@@ -223,29 +234,11 @@ impl EngineClient {
     pub async fn probe(&self, host: &str, port: u16, timeout: Duration) -> ProbeOutcome {
         let started = Instant::now();
         let result = async {
-            let url = reqwest::Url::parse(&format!(
-                "http://{}{STATUS_PATH}",
-                external_engine_id(host, port)
-            ))
-            .map_err(|_| EngineError::BadUrl {
-                field: "engine address",
-                url: external_engine_id(host, port),
-            })?;
-            let response = self
-                .http
-                .get(url)
-                .timeout(timeout)
-                .send()
-                .await
-                .map_err(|e| EngineError::from_request(&e, timeout))?;
+            let url = engine_url(host, port, STATUS_PATH)?;
             // Only 200 is healthy: a 204 or a redirect is not the engine.
-            if response.status() != reqwest::StatusCode::OK {
-                return Err(EngineError::Status(response.status()));
-            }
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| EngineError::from_request(&e, timeout))?;
+            let body = self
+                .get(url, timeout, |s| s == reqwest::StatusCode::OK)
+                .await?;
             let json: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|_| EngineError::NotJson("answer is not JSON"))?;
             engine_error(json.get("error").cloned())
@@ -264,10 +257,7 @@ impl EngineClient {
         stat_url: &str,
         timeout: Duration,
     ) -> Result<StatSnapshot, EngineError> {
-        let url = reqwest::Url::parse(stat_url).map_err(|_| EngineError::BadUrl {
-            field: "stat_url",
-            url: stat_url.to_owned(),
-        })?;
+        let url = parse_url("stat_url", stat_url)?;
         let envelope: StatEnvelope = self
             .get_json(url, timeout, "stat answer is not the engine's JSON")
             .await?;
@@ -288,23 +278,9 @@ impl EngineClient {
 
     /// Asks the engine to stop a stream (`command_url?method=stop`).
     pub async fn stop(&self, command_url: &str, timeout: Duration) -> Result<(), EngineError> {
-        let mut url = reqwest::Url::parse(command_url).map_err(|_| EngineError::BadUrl {
-            field: "command_url",
-            url: command_url.to_owned(),
-        })?;
+        let mut url = parse_url("command_url", command_url)?;
         url.query_pairs_mut().append_pair("method", "stop");
-        let response = self
-            .http
-            .get(url)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| EngineError::from_request(&e, timeout))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(EngineError::Status(response.status()))
-        }
+        self.get(url, timeout, |s| s.is_success()).await.map(drop)
     }
 
     /// Starts a stream on an engine (`/ace/getstream?format=json&<key>=<value>`)
@@ -318,11 +294,7 @@ impl EngineClient {
         key: (&str, &str),
         timeout: Duration,
     ) -> Result<StartedStream, EngineError> {
-        let base = format!("http://{}/ace/getstream", external_engine_id(host, port));
-        let mut url = reqwest::Url::parse(&base).map_err(|_| EngineError::BadUrl {
-            field: "engine address",
-            url: base.clone(),
-        })?;
+        let mut url = engine_url(host, port, "/ace/getstream")?;
         url.query_pairs_mut()
             .append_pair("format", "json")
             .append_pair(key.0, key.1);
@@ -356,10 +328,7 @@ impl EngineClient {
         playback_url: &str,
         timeout: Duration,
     ) -> Result<reqwest::Response, EngineError> {
-        let url = reqwest::Url::parse(playback_url).map_err(|_| EngineError::BadUrl {
-            field: "playback_url",
-            url: playback_url.to_owned(),
-        })?;
+        let url = parse_url("playback_url", playback_url)?;
         let response = tokio::time::timeout(timeout, self.http.get(url).send())
             .await
             .map_err(|_| EngineError::Timeout(timeout))?
@@ -369,6 +338,22 @@ impl EngineClient {
         }
         Ok(response)
     }
+}
+
+/// `text` as a URL, or an error naming the field it came from.
+fn parse_url(field: &'static str, text: &str) -> Result<reqwest::Url, EngineError> {
+    reqwest::Url::parse(text).map_err(|_| EngineError::BadUrl {
+        field,
+        url: text.to_owned(),
+    })
+}
+
+/// `path` (with its query) on the engine at `host:port`.
+fn engine_url(host: &str, port: u16, path: &str) -> Result<reqwest::Url, EngineError> {
+    parse_url(
+        "engine address",
+        &format!("http://{}{path}", external_engine_id(host, port)),
+    )
 }
 
 /// Milliseconds rounded to the microsecond: enough for latencies, short in JSON.

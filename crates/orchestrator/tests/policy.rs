@@ -130,11 +130,19 @@ impl World {
         self.orch.read(|r| r.replacement_suspended())
     }
 
-    /// Lets spawned work (the check every new engine gets) run, in simulated time.
+    /// Waits, in simulated time, until the check every new engine gets at
+    /// once has been recorded (no engine is left `unknown`).
     async fn settle(&self) {
-        for _ in 0..50 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        for _ in 0..200 {
+            if self.count(HealthStatus::Unknown) == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        panic!(
+            "engines still unknown after 2 s of simulated time: {:?}",
+            self.engines()
+        );
     }
 
     async fn tick(&mut self) {
@@ -217,13 +225,15 @@ async fn the_autoscaler_keeps_free_engines_follows_demand_and_waits_out_the_grac
         "MIN_REPLICAS free engines"
     );
 
-    w.reconciler.step(Trigger::Command(Command::Scale(4))).await;
+    w.pool.set_demand(4);
+    w.reconciler.step(Trigger::Command(Command::Scale)).await;
     w.settle().await;
     assert_eq!(w.runtime.running().len(), 4, "demand 4");
 
     // Demand back to 0: idle engines above the minimum go only after the
     // grace period (30 s), at the next autoscale (every 30 s).
-    w.reconciler.step(Trigger::Command(Command::Scale(0))).await;
+    w.pool.set_demand(0);
+    w.reconciler.step(Trigger::Command(Command::Scale)).await;
     assert_eq!(
         w.runtime.running().len(),
         4,

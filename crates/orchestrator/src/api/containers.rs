@@ -361,7 +361,7 @@ pub async fn scale(
             "demand {text} is above MAX_REPLICAS ({max})"
         )));
     }
-    pool.set_demand(demand).await;
+    pool.set_demand(demand);
     Ok(Json(ScaleAnswer {
         demand,
         min_replicas: pool.settings.min_replicas,

@@ -32,8 +32,8 @@ use crate::time::Timestamp;
 /// What the API asks of the reconciler.
 #[derive(Debug)]
 pub enum Command {
-    /// `POST /scale/{demand}`: keep at least this many engines.
-    Scale(u32),
+    /// `POST /scale/{demand}`: the demand changed (it is in the pool); autoscale now.
+    Scale,
     /// `POST /gc`: remove idle engines now, ignoring their grace period.
     Gc(oneshot::Sender<Plan>),
 }
@@ -72,10 +72,7 @@ impl Reconciler {
         match trigger {
             Trigger::Tick => {}
             Trigger::Event(event) => self.on_event(event).await,
-            Trigger::Command(Command::Scale(demand)) => {
-                self.pool.demand.store(demand, Ordering::SeqCst);
-                self.next_autoscale = Instant::now();
-            }
+            Trigger::Command(Command::Scale) => self.next_autoscale = Instant::now(),
             Trigger::Command(Command::Gc(reply)) => {
                 let plan = self.autoscale(Some(0.0)).await;
                 let _ = reply.send(plan);
@@ -317,10 +314,11 @@ impl Pool {
         Ok(())
     }
 
-    /// Sets the demand (`POST /scale/{demand}`); the reconciler acts on it at once.
-    pub async fn set_demand(&self, demand: u32) {
+    /// Sets the demand (`POST /scale/{demand}`); the reconciler acts on it at
+    /// once, or at its next autoscale when it is busy (never waiting for it).
+    pub fn set_demand(&self, demand: u32) {
         self.demand.store(demand, Ordering::SeqCst);
-        let _ = self.commands.send(Command::Scale(demand)).await;
+        let _ = self.commands.try_send(Command::Scale);
     }
 
     pub fn demand(&self) -> u32 {

@@ -128,13 +128,6 @@ impl Registry {
         self.engines.keys().cloned().collect()
     }
 
-    /// Ids of the engines that `runtime` runs.
-    pub fn engine_ids(&self, runtime: RuntimeKind) -> Vec<String> {
-        self.engines_run_by(runtime)
-            .map(|e| e.container_id.clone())
-            .collect()
-    }
-
     /// The engines that `runtime` runs.
     pub fn engines_run_by(&self, runtime: RuntimeKind) -> impl Iterator<Item = &Engine> {
         self.engines
