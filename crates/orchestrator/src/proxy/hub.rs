@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -99,14 +99,19 @@ struct Entry {
     stream_id: String,
 }
 
-/// Starting sessions and running ones, by content. A content being started
-/// has its own async lock, so concurrent first viewers share one start and
-/// the map's lock is never held across a network call.
-type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
+/// A content's session: being started (every viewer who arrives meanwhile
+/// awaits the same start, so concurrent first viewers open one engine
+/// stream), or running.
+#[derive(Clone)]
+enum Slot {
+    Starting(Shared<BoxFuture<'static, Result<Entry, ProxyError>>>),
+    Running(Entry),
+}
 
 pub struct Proxy {
     orch: Arc<Orchestrator>,
     settings: ProxySettings,
+    /// Never held across an await: a start in progress is a shared future.
     sessions: Mutex<HashMap<ContentKey, Slot>>,
 }
 
@@ -119,45 +124,62 @@ impl Proxy {
         })
     }
 
-    /// Sessions running now.
+    /// Sessions starting or running now.
     pub fn session_count(&self) -> usize {
         self.sessions.lock().len()
     }
 
-    /// A viewer of `key`: joins the running session, or starts one.
-    pub async fn watch(self: &Arc<Self>, key: ContentKey) -> Result<Viewer, ProxyError> {
-        let slot = {
-            let mut sessions = self.sessions.lock();
-            if !sessions.contains_key(&key) && sessions.len() >= self.settings.max_sessions {
-                return Err(ProxyError::TooManySessions(sessions.len()));
-            }
-            sessions.entry(key.clone()).or_default().clone()
-        };
-        let mut entry = slot.lock().await;
-        if let Some(running) = entry.as_ref() {
-            match running.handle.subscribe() {
-                Ok(viewer) => return Ok(viewer),
-                Err(SubscribeError::Full) => {
-                    return Err(ProxyError::Full(self.settings.session.max_viewers))
-                }
-                // Ended between its last viewer and its watcher: start anew.
-                Err(SubscribeError::Ended) => *entry = None,
-            }
-        }
-        let started = self.start(&key).await;
-        let (running, viewer) = match started {
-            Ok(pair) => pair,
-            Err(e) => {
-                drop(entry);
-                self.forget_if_empty(&key, &slot);
-                return Err(e);
-            }
-        };
-        *entry = Some(running);
-        Ok(viewer)
+    fn subscribe(&self, entry: &Entry) -> Result<Viewer, SubscribeError> {
+        entry.handle.subscribe()
     }
 
-    async fn start(self: &Arc<Self>, key: &ContentKey) -> Result<(Entry, Viewer), ProxyError> {
+    /// A viewer of `key`: joins the running session, or starts one.
+    pub async fn watch(self: &Arc<Self>, key: ContentKey) -> Result<Viewer, ProxyError> {
+        let starting = {
+            let mut sessions = self.sessions.lock();
+            if let Some(Slot::Running(entry)) = sessions.get(&key) {
+                match self.subscribe(entry) {
+                    Ok(viewer) => return Ok(viewer),
+                    Err(SubscribeError::Full) => {
+                        return Err(ProxyError::Full(self.settings.session.max_viewers))
+                    }
+                    // Ended, its watcher not yet done: start anew.
+                    Err(SubscribeError::Ended) => {
+                        sessions.remove(&key);
+                    }
+                }
+            }
+            match sessions.get(&key) {
+                Some(Slot::Starting(start)) => start.clone(),
+                Some(Slot::Running(_)) => unreachable!("handled above"),
+                None => {
+                    if sessions.len() >= self.settings.max_sessions {
+                        return Err(ProxyError::TooManySessions(sessions.len()));
+                    }
+                    // A task of its own: the start completes (and its session
+                    // is recorded, lingers and ends) even if every viewer
+                    // waiting for it leaves.
+                    let task = tokio::spawn(self.clone().start(key.clone()));
+                    let start = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(ProxyError::NoEngine(format!("the start failed: {e}")))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    sessions.insert(key.clone(), Slot::Starting(start.clone()));
+                    start
+                }
+            }
+        };
+        let entry = starting.await?;
+        self.subscribe(&entry).map_err(|e| match e {
+            SubscribeError::Full => ProxyError::Full(self.settings.session.max_viewers),
+            SubscribeError::Ended => ProxyError::NoEngine("the stream ended as it started".into()),
+        })
+    }
+
+    async fn start(self: Arc<Self>, key: ContentKey) -> Result<Entry, ProxyError> {
         let stream_id = format!("proxy-{}", uuid::Uuid::new_v4().simple());
         let engines = Arc::new(EngineSource {
             orch: self.orch.clone(),
@@ -166,38 +188,26 @@ impl Proxy {
             settings: self.settings.clone(),
             state: Mutex::new(SourceState::default()),
         });
-        let (handle, events) = SessionHandle::start(engines.clone(), self.settings.session.clone())
-            .await
-            .map_err(|e| match engines.state.lock().refused.take() {
-                Some(message) => ProxyError::ContentRefused(message),
-                None => ProxyError::NoEngine(e.0),
-            })?;
-        let viewer = handle
-            .subscribe()
-            .map_err(|_| ProxyError::NoEngine("the stream ended as it started".into()))?;
+        let started = SessionHandle::start(engines.clone(), self.settings.session.clone()).await;
+        let (handle, events) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                self.sessions.lock().remove(&key);
+                return Err(match engines.state.lock().refused.take() {
+                    Some(message) => ProxyError::ContentRefused(message),
+                    None => ProxyError::NoEngine(e.0),
+                });
+            }
+        };
         self.orch.metrics.proxy_sessions_started.inc();
         tracing::info!(stream = %stream_id, content = %key.value(), engine = %handle.engine(), "proxy session started");
-        let entry = Entry {
-            handle: handle.clone(),
-            stream_id,
-        };
-        let proxy = self.clone();
+        let entry = Entry { handle, stream_id };
+        self.sessions
+            .lock()
+            .insert(key.clone(), Slot::Running(entry.clone()));
         let watched = entry.clone();
-        let key = key.clone();
-        tokio::spawn(async move { proxy.watch_session(key, watched, engines, events).await });
-        Ok((entry, viewer))
-    }
-
-    /// Removes the slot of `key` when it holds no session.
-    fn forget_if_empty(&self, key: &ContentKey, slot: &Slot) {
-        let mut sessions = self.sessions.lock();
-        if let Some(current) = sessions.get(key) {
-            let idle = Arc::ptr_eq(current, slot)
-                && current.try_lock().map(|e| e.is_none()).unwrap_or(false);
-            if idle {
-                sessions.remove(key);
-            }
-        }
+        tokio::spawn(self.watch_session(key, watched, engines, events));
+        Ok(entry)
     }
 
     /// Follows one session until it ends: records failovers, keeps the viewer
@@ -212,6 +222,9 @@ impl Proxy {
     ) {
         let mut ticker = tokio::time::interval(WATCH_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; the viewers who started the session
+        // subscribe right after the start, so look one period later.
+        ticker.tick().await;
         let mut idle_since: Option<Instant> = None;
         let mut last_viewers = usize::MAX;
         let mut asked_failover_for: Option<EngineKey> = None;
@@ -279,11 +292,7 @@ impl Proxy {
         // Remove it from the map first, so that a new viewer starts afresh.
         {
             let mut sessions = self.sessions.lock();
-            let ours = sessions.get(&key).is_some_and(|slot| {
-                slot.try_lock()
-                    .map(|e| e.as_ref().is_some_and(|e| e.stream_id == entry.stream_id))
-                    .unwrap_or(false)
-            });
+            let ours = matches!(sessions.get(&key), Some(Slot::Running(e)) if e.stream_id == entry.stream_id);
             if ours {
                 sessions.remove(&key);
             }
