@@ -120,6 +120,24 @@ fn base_url(engine: &Engine, headers: &HeaderMap) -> String {
 }
 
 /// The infohash the request names, or None if it names no content.
+/// Contents no engine can play (`--unavailable`), as given and as infohashes.
+static UNAVAILABLE: std::sync::OnceLock<std::collections::HashSet<String>> =
+    std::sync::OnceLock::new();
+
+/// Sets the contents getstream refuses; called once at start.
+pub fn set_unavailable(ids: impl Iterator<Item = String>) {
+    let mut set = std::collections::HashSet::new();
+    for id in ids.filter(|id| !id.is_empty()) {
+        set.insert(infohash_for(&id));
+        set.insert(id);
+    }
+    let _ = UNAVAILABLE.set(set);
+}
+
+fn unavailable(infohash: &str) -> bool {
+    UNAVAILABLE.get().is_some_and(|set| set.contains(infohash))
+}
+
 fn requested_infohash(q: &HashMap<String, String>) -> Option<String> {
     let (param, id) = ID_PARAMS
         .iter()
@@ -164,6 +182,9 @@ async fn getstream(
     let Some(infohash) = requested_infohash(&q) else {
         return failure("response", "missing content id").into_response();
     };
+    if unavailable(&infohash) {
+        return failure("response", "the content is not available (no peers)").into_response();
+    }
     if wants_json(&q) {
         return start(&engine, &headers, &infohash, false).into_response();
     }

@@ -74,6 +74,13 @@ struct Cli {
     #[arg(long, default_value_t = 5_000_000, env = "ENGINE_SIM_TS_BITRATE",
           value_parser = clap::value_parser!(u64).range(1..))]
     ts_bitrate: u64,
+
+    /// Content ids (or infohashes) that no engine can play, comma-separated:
+    /// getstream answers `{"response": null, "error": "…"}` for them, the
+    /// way a real engine answers for a dead torrent, while everything else
+    /// stays healthy.
+    #[arg(long, env = "ENGINE_SIM_UNAVAILABLE", value_delimiter = ',')]
+    unavailable: Vec<String>,
 }
 
 /// The part of the engine image's CONF variable that the emulator honours.
@@ -148,6 +155,11 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(EXIT_USAGE);
             }
         });
+    api::set_unavailable(
+        cli.unavailable
+            .iter()
+            .map(|id| id.trim().to_ascii_lowercase()),
+    );
     let startup_delay = Duration::from_millis(cli.startup_delay_ms);
     let count = usize::from(cli.count);
     if base_port != 0 && usize::from(base_port) + count - 1 > usize::from(u16::MAX) {

@@ -520,6 +520,39 @@ async fn select_starts_an_engine_when_none_fits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_proxy_starts_an_engine_when_none_is_running_and_plays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (orch, cleanup) = start(dir.path(), "21200-21219", &[("MAX_REPLICAS", "2")]).await;
+    assert!(cleanup.containers().is_empty());
+    // A player with no engine anywhere: one is provisioned, then it plays.
+    let mut response = orch
+        .client
+        .get(orch.url("/ace/getstream?id=00112233445566778899aabbccddeeff00112233"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "video/mp2t");
+    let mut received = 0;
+    while received < 200_000 {
+        let chunk = tokio::time::timeout(secs(10.0), response.chunk())
+            .await
+            .expect("bytes within 10 s")
+            .unwrap()
+            .expect("the stream goes on");
+        assert_eq!(chunk[0], 0x47, "MPEG-TS packets");
+        received += chunk.len();
+    }
+    assert_eq!(cleanup.containers().len(), 1, "one engine was started");
+    let (_, streams) = orch.get("/streams?status=started").await;
+    assert_eq!(
+        streams[0]["container_id"],
+        docker_engines(&orch).await[0]["container_id"]
+    );
+    assert_eq!(streams[0]["viewers"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generic_provisioning_runs_only_allowed_images() {
     let dir = tempfile::tempdir().unwrap();
     let (orch, cleanup) = start(dir.path(), "21170-21179", &[]).await;

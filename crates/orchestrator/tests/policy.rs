@@ -172,15 +172,15 @@ fn engine_spec(name: &str, host_port: u16, label: Label) -> ContainerSpec {
 
 #[tokio::test(start_paused = true)]
 async fn the_reconciler_adopts_ours_ignores_others_and_forgets_the_gone() {
-    let mut w = world(settings(0), (21000, 21099));
+    let mut w = world(settings(0), (23000, 23099));
     let ours = w
         .runtime
-        .add_running(engine_spec("engine-7", 21007, label()));
+        .add_running(engine_spec("engine-7", 23007, label()));
     let foreign = Label {
         key: "ondemand.app".into(),
         value: "someone-else".into(),
     };
-    w.runtime.add_running(engine_spec("other", 21008, foreign));
+    w.runtime.add_running(engine_spec("other", 23008, foreign));
 
     w.tick().await;
     assert_eq!(
@@ -204,7 +204,7 @@ async fn the_reconciler_adopts_ours_ignores_others_and_forgets_the_gone() {
     // A daemon that is down changes nothing; when it is back, resync catches up.
     let again = w
         .runtime
-        .add_running(engine_spec("engine-8", 21009, label()));
+        .add_running(engine_spec("engine-8", 23009, label()));
     w.runtime.set_unreachable(true);
     tokio::time::advance(Duration::from_secs(10)).await;
     w.tick().await;
@@ -217,7 +217,7 @@ async fn the_reconciler_adopts_ours_ignores_others_and_forgets_the_gone() {
 
 #[tokio::test(start_paused = true)]
 async fn the_autoscaler_keeps_free_engines_follows_demand_and_waits_out_the_grace() {
-    let mut w = world(settings(2), (21100, 21199));
+    let mut w = world(settings(2), (23100, 23199));
     w.tick().await;
     assert_eq!(
         w.count(HealthStatus::Healthy),
@@ -247,7 +247,7 @@ async fn the_autoscaler_keeps_free_engines_follows_demand_and_waits_out_the_grac
 
 #[tokio::test(start_paused = true)]
 async fn an_engine_that_stays_unhealthy_is_replaced_after_the_grace_once_per_cooldown() {
-    let mut w = world(settings(3), (21200, 21299));
+    let mut w = world(settings(3), (23200, 23299));
     w.tick().await;
     let first: Vec<String> = w.engines().into_iter().map(|(id, _)| id).collect();
     assert_eq!(first.len(), 3);
@@ -289,7 +289,7 @@ async fn an_engine_that_stays_unhealthy_is_replaced_after_the_grace_once_per_coo
 
 #[tokio::test(start_paused = true)]
 async fn the_mass_failure_guard_replaces_nothing_while_most_engines_fail() {
-    let mut w = world(settings(4), (21300, 21399));
+    let mut w = world(settings(4), (23300, 23399));
     w.tick().await;
     let ids: Vec<String> = w.engines().into_iter().map(|(id, _)| id).collect();
     assert_eq!(ids.len(), 4);
