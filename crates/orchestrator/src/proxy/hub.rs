@@ -341,6 +341,13 @@ impl EngineSource {
     }
 
     async fn open_on_some_engine(&self, exclude: &[EngineKey]) -> Result<Source, OpenError> {
+        // A content refused once is refused by every engine: do not make the
+        // session's retries ask the others.
+        if let Some(message) = self.state.lock().refused.clone() {
+            return Err(OpenError(format!(
+                "the engine refused the content: {message}"
+            )));
+        }
         let mut excluded: Vec<String> = exclude.to_vec();
         let mut last_error = String::from("no engine tried");
         // The engines that fail here are excluded too; a few tries, then the
