@@ -728,6 +728,223 @@ async fn the_dashboard_shows_the_pool_and_follows_it_live() {
     assert!(errors.is_empty(), "the console shows errors: {errors:#?}");
 }
 
+/// A 6-second H.264/AAC test video for the emulated engines, made once per run
+/// by scripts/make-test-video (as tests/proxy.rs does, under its own name).
+fn test_video() -> &'static str {
+    static VIDEO: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VIDEO.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/make-test-video");
+        let out = format!("{}/panel-test-6s.ts", env!("CARGO_TARGET_TMPDIR"));
+        let made = std::process::Command::new(script)
+            .args([&out, "6"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+        assert!(
+            made.status.success(),
+            "{script} failed: {}\nThis test needs ffmpeg: apt-get install ffmpeg",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        out
+    })
+}
+
+/// A player reading `url` in the background until it is aborted (or dropped
+/// with the runtime).
+async fn open_player(client: &reqwest::Client, url: String) -> tokio::task::JoinHandle<()> {
+    let mut response = client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "the proxy refused a player");
+    tokio::spawn(async move { while let Ok(Some(_)) = response.chunk().await {} })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxied_streams_show_viewers_player_url_and_failovers() {
+    if skipped() {
+        return;
+    }
+    const CONTENT: &str = "0123456789abcdef0123456789abcdef01234567";
+    let video = test_video();
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Sim::start_with(&["--count", "2", "--ts-file", video]).await;
+    // No sweeps: what marks the hung engine is the proxy's own check.
+    let orch = Orch::start(
+        dir.path(),
+        &[("PROXY_STALL_S", "1.5"), ("HEALTH_CHECK_INTERVAL_S", "60")],
+    )
+    .await;
+    let names = ["engine-a", "engine-b"];
+    let mut ids = Vec::new();
+    for (port, name) in sim.ports.iter().zip(names) {
+        ids.push(register(&orch, *port, name, None).await);
+    }
+    for id in &ids {
+        orch.wait_health(id, "healthy", SHOWN).await;
+    }
+
+    // Streams reported by start events: one named like the built-in proxy's
+    // (no viewers yet, no failovers) and one of another proxy (not counted).
+    let infohash = "b2".repeat(20);
+    start_stream(&orch, sim.ports[0], "proxy-test", &infohash).await;
+    start_stream(&orch, sim.ports[0], "ch-7", &"c3".repeat(20)).await;
+
+    let browser = Browser::launch(1366, 1000).await;
+    browser.goto(&orch.url("/panel")).await;
+    let test_card = ".stream[data-id=\"proxy-test\"]";
+    let other_card = ".stream[data-id=\"ch-7\"]";
+    browser
+        .wait_text(&format!("{test_card} .viewers"), "0 viewers")
+        .await;
+    browser
+        .wait_text(&format!("{other_card} .viewers"), "–")
+        .await;
+    let shown = browser
+        .js(
+            "const q = (css) => document.querySelector(css);
+             return [q(arguments[0] + ' .failovers').hidden, q(arguments[1] + ' .failovers').hidden,
+                     q(arguments[0] + ' .player').hidden, q(arguments[1] + ' .player').hidden,
+                     q(arguments[0] + ' .player-url').textContent];",
+            json!([test_card, other_card]),
+        )
+        .await;
+    assert_eq!(
+        shown,
+        json!([
+            true,
+            true,
+            false,
+            true,
+            orch.url(&format!("/ace/getstream?infohash={infohash}"))
+        ]),
+        "no failovers; a player URL only for the proxied stream"
+    );
+    for id in ["proxy-test", "ch-7"] {
+        let (status, answer) = orch.delete(&format!("/streams/{id}")).await;
+        assert_eq!(status, 200, "stop {id}: {answer}");
+    }
+    browser
+        .wait(
+            "the reported streams to go",
+            SHOWN,
+            "return document.querySelectorAll('.stream').length === 0;",
+            json!([]),
+        )
+        .await;
+
+    // Two players of one content through the proxy: one stream, two viewers.
+    let client = reqwest::Client::new();
+    let url = orch.url(&format!("/ace/getstream?id={CONTENT}"));
+    let players = vec![
+        open_player(&client, url.clone()).await,
+        open_player(&client, url.clone()).await,
+    ];
+    let started = || async {
+        orch.get("/streams?status=started")
+            .await
+            .1
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let stream = wait_for("two viewers in GET /streams", SHOWN, || async {
+        let s = started().await;
+        (s.len() == 1 && s[0]["viewers"] == 2).then(|| s[0].clone())
+    })
+    .await;
+    let stream_id = stream["id"].as_str().unwrap().to_owned();
+    assert!(stream_id.starts_with("proxy-"), "{stream}");
+    let first = stream["container_id"].as_str().unwrap().to_owned();
+    let index = ids.iter().position(|id| *id == first).unwrap();
+    let stream_card = format!(".stream[data-id=\"{stream_id}\"]");
+    browser
+        .wait_text(&format!("{stream_card} .viewers"), "2 viewers")
+        .await;
+    browser
+        .wait_text(&format!("{stream_card} .engine-name"), names[index])
+        .await;
+    assert_eq!(
+        browser.text(&format!("{stream_card} .player-url")).await,
+        url
+    );
+    browser.click(&format!("{stream_card} .copy")).await;
+    browser
+        .wait(
+            "the copy button to say what it did",
+            SHOWN,
+            "return [...document.querySelectorAll('.toast')].some(t => t.textContent.startsWith('Player URL'));",
+            json!([]),
+        )
+        .await;
+
+    // The serving engine hangs: the proxy moves the stream to the other one.
+    sim.set_mode(Some(index), "hang").await;
+    let moved = wait_for(
+        "the failover in GET /streams",
+        Duration::from_secs(15),
+        || async {
+            let s = started().await;
+            (s.len() == 1 && s[0]["failovers"].as_array().is_some_and(|f| !f.is_empty()))
+                .then(|| s[0].clone())
+        },
+    )
+    .await;
+    let failover = &moved["failovers"][0];
+    assert_eq!(failover["from"], first.as_str(), "{failover}");
+    let gap = failover["gap_ms"].as_u64().unwrap();
+    browser
+        .wait_text(&format!("{stream_card} .failover-count"), "1 failover")
+        .await;
+    browser
+        .click(&format!("{stream_card} .failovers summary"))
+        .await;
+    let item = browser
+        .wait(
+            "the failover in the opened list",
+            SHOWN,
+            "const d = document.querySelector(arguments[0] + ' .failovers');
+             const f = d && d.open && d.querySelector('.failover');
+             return f && [f.querySelector('.move').textContent, f.querySelector('.gap').textContent,
+                          f.querySelector('.reason').textContent, f.querySelector('time').textContent];",
+            json!([stream_card]),
+        )
+        .await;
+    assert_eq!(item[0], format!("{} → {}", names[index], names[1 - index]));
+    assert_eq!(item[1], format!("{gap} ms gap"));
+    assert_eq!(item[2], failover["reason"], "{failover}");
+    assert!(
+        item[3].as_str().unwrap().contains(':'),
+        "a clock time: {item}"
+    );
+    // Both viewers are still there, now on the other engine.
+    browser
+        .wait_text(&format!("{stream_card} .viewers"), "2 viewers")
+        .await;
+    browser
+        .wait_text(&format!("{stream_card} .engine-name"), names[1 - index])
+        .await;
+    // Tall enough for the engines and the stream in one picture.
+    browser.resize(1366, 1400).await;
+    browser.js("window.scrollTo(0, 0);", json!([])).await;
+    browser.screenshot("panel-proxy-failover.png").await;
+
+    // The hung engine's history has the proxy's check, under its source.
+    browser.click(&format!("{} .name", card(&ids[index]))).await;
+    browser
+        .wait(
+            "a check with source proxy in the engine's detail",
+            SHOWN,
+            "const d = document.getElementById('detail');
+             return d.open && [...d.querySelectorAll('#detail-checks tr')]
+                 .some(r => r.cells[2].textContent === 'proxy' && r.classList.contains('fail'));",
+            json!([]),
+        )
+        .await;
+
+    for player in players {
+        player.abort();
+    }
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "the console shows errors: {errors:#?}");
+}
+
 /// Facts about the `.name` of the engine card `css`: its text, its title, its
 /// height against one line-height, and whether its text is cut off.
 const NAME_BOX: &str = "const e = document.querySelector(arguments[0] + ' .name');

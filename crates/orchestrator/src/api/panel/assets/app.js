@@ -258,6 +258,19 @@ async function stopStream(button, id) {
   });
 }
 
+/** Copies a proxied stream's player URL; where the clipboard is not available
+ * (plain http from another machine), selects the text for Ctrl+C. */
+async function copyPlayerUrl(card) {
+  const code = card.querySelector('.player-url');
+  try {
+    await navigator.clipboard.writeText(code.textContent);
+    toast('Player URL copied');
+  } catch {
+    getSelection().selectAllChildren(code);
+    toast('Player URL selected: press Ctrl+C to copy it');
+  }
+}
+
 async function checkAll(button) {
   await act(button, 'Checking…', async () => {
     const report = await request('POST', '/health/check');
@@ -318,8 +331,10 @@ function wire() {
     else if (button.dataset.action === 'delete') deleteEngine(button, id);
   });
   $('streams').addEventListener('click', (event) => {
-    const button = event.target.closest('button[data-action="stop"]');
-    if (button) stopStream(button, button.closest('.stream').dataset.id);
+    const button = event.target.closest('button[data-action]');
+    if (!button) return;
+    if (button.dataset.action === 'stop') stopStream(button, button.closest('.stream').dataset.id);
+    else if (button.dataset.action === 'copy') copyPlayerUrl(button.closest('.stream'));
   });
 
   $('detail').addEventListener('close', () => {

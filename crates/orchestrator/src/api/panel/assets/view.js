@@ -198,19 +198,80 @@ function createStream(stream, id) {
   stop.type = 'button';
   stop.dataset.action = 'stop';
   head.append(title, stop);
+  // The player URL of a proxied stream, with a copy button; hidden otherwise.
+  const player = el('div', 'field player');
+  const copy = el('button', 'copy', 'Copy');
+  copy.type = 'button';
+  copy.dataset.action = 'copy';
+  const playerValue = el('div', 'player-value');
+  playerValue.append(el('code', 'player-url'), copy);
+  player.append(el('span', 'label', 'Player URL'), playerValue);
+  // Failovers: a count badge that opens the list.
+  const failovers = el('details', 'failovers');
+  const summary = el('summary');
+  summary.append(el('span', 'failover-count'));
+  failovers.append(summary, el('ol', 'failover-list'));
   card.append(
     head,
     field('Key', el('code', 'key')),
     field('Engine', el('span', 'engine-name')),
     field('Started', el('span', 'started')),
     field('Duration', timeEl('since duration')),
+    field('Viewers', el('span', 'viewers')),
+    player,
+    failovers,
     el('div', 'links'),
     createChart(),
   );
   return card;
 }
 
-function updateStream(card, { stream, engine, samples }) {
+/** Streams of the built-in proxy have ids `proxy-…`. */
+export function isProxied(stream) {
+  return stream.id.startsWith('proxy-');
+}
+
+const PLAYER_PARAMETER = { content_id: 'id', infohash: 'infohash', magnet: 'magnet' };
+
+/** The address players open for a proxied stream, or null. */
+export function playerUrl(stream) {
+  const parameter = PLAYER_PARAMETER[stream.key_type];
+  if (!isProxied(stream) || !parameter) return null;
+  return `${location.origin}/ace/getstream?${parameter}=${encodeURIComponent(stream.key)}`;
+}
+
+/** "3 viewers", "1 viewer"; "–" for a stream of another proxy, which the orchestrator cannot count. */
+function viewersText(stream) {
+  const n = stream.viewers ?? 0;
+  if (n === 0 && !isProxied(stream)) return '–';
+  return `${n} viewer${n === 1 ? '' : 's'}`;
+}
+
+function renderFailovers(details, failovers, names) {
+  const count = failovers.length;
+  details.hidden = count === 0;
+  details.dataset.count = String(count);
+  setText(details.querySelector('.failover-count'), `${count} failover${count === 1 ? '' : 's'}`);
+  const list = details.querySelector('.failover-list');
+  const name = (id) => names.get(id) ?? id;
+  // Rebuilt only when the record (or an engine's name) changes.
+  const signature = failovers.map((f) => `${f.at}|${name(f.from)}|${name(f.to)}`).join('\n');
+  if (list.dataset.for === signature) return;
+  list.dataset.for = signature;
+  // Newest first, like an engine's transitions.
+  list.replaceChildren(...[...failovers].reverse().map((f) => {
+    const item = el('li', 'failover');
+    const when = el('time', '', clock(f.at));
+    when.dateTime = f.at;
+    when.title = fullTime(f.at);
+    const move = el('span', 'move', `${name(f.from)} → ${name(f.to)}`);
+    move.title = `${f.from} → ${f.to}`;
+    item.append(when, move, el('span', 'gap', `${Math.round(f.gap_ms)} ms gap`), el('span', 'reason', f.reason));
+    return item;
+  }));
+}
+
+function updateStream(card, { stream, engine, samples, names }) {
   setText(card.querySelector('.stream-id'), stream.id);
   card.querySelector('.stop').setAttribute('aria-label', `Stop stream ${stream.id}`);
   setText(card.querySelector('.key'), `${stream.key} (${stream.key_type}${stream.is_live ? ', live' : ''})`);
@@ -219,6 +280,13 @@ function updateStream(card, { stream, engine, samples }) {
   setText(started, clock(stream.started_at));
   started.title = fullTime(stream.started_at);
   setTime(card.querySelector('.duration'), stream.started_at);
+  card.dataset.proxied = String(isProxied(stream));
+  setText(card.querySelector('.viewers'), viewersText(stream));
+  const url = playerUrl(stream);
+  card.querySelector('.player').hidden = !url;
+  setText(card.querySelector('.player-url'), url ?? '');
+  card.querySelector('.copy').setAttribute('aria-label', `Copy the player URL of ${stream.id}`);
+  renderFailovers(card.querySelector('.failovers'), stream.failovers ?? [], names);
   const links = card.querySelector('.links');
   if (links.dataset.for !== `${stream.stat_url}|${stream.command_url}`) {
     links.dataset.for = `${stream.stat_url}|${stream.command_url}`;
@@ -230,10 +298,12 @@ function updateStream(card, { stream, engine, samples }) {
 /** `samplesOf(id)` answers the stat history the page holds for a stream, oldest first. */
 export function renderStreams(snapshot, samplesOf) {
   const engines = new Map(snapshot.engines.map((e) => [e.container_id, e]));
+  const names = new Map(snapshot.engines.map((e) => [e.container_id, engineName(e)]));
   const items = snapshot.streams.map((stream) => ({
     stream,
     engine: engines.get(stream.container_id),
     samples: samplesOf(stream.id),
+    names,
   }));
   reconcile($('streams'), items, (item) => item.stream.id, createStream, updateStream);
   $('streams-empty').hidden = items.length > 0;
