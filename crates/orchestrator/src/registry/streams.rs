@@ -106,12 +106,17 @@ impl Registry {
             failovers: Vec::new(),
         };
         // The built-in proxy repeats the event when it moves a stream to
-        // another engine: what it recorded about the stream stays.
+        // another engine: what it recorded about the stream stays, and a
+        // stream moved while it runs keeps its start (the same event on the
+        // same engine overwrites it, as proxies expect).
         let mut stream = stream;
         if let Some(old) = self.streams.get(&stream_id) {
             if old.status == StreamStatus::Started {
                 stream.viewers = old.viewers;
                 stream.failovers = old.failovers.clone();
+                if old.container_id != stream.container_id {
+                    stream.started_at = old.started_at;
+                }
             }
         }
         ops.push(WriteOp::UpsertStream(Box::new(stream.clone())));

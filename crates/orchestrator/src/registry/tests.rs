@@ -200,3 +200,44 @@ fn ended_streams_are_bounded_in_memory() {
     }
     assert_eq!(reg.streams(Some(StreamStatus::Ended), None).len(), 2);
 }
+
+#[test]
+fn a_stream_moved_to_another_engine_keeps_its_start_viewers_and_failovers() {
+    let mut reg = Registry::new(LIMITS);
+    let mut event = start("127.0.0.1", 5, "k");
+    event.labels.insert("stream_id".into(), "proxy-1".into());
+    reg.stream_started(event.clone(), t(1_000)).unwrap();
+    assert!(reg.set_viewers("proxy-1", 3));
+    let failover = crate::domain::FailoverRecord {
+        at: t(5_000),
+        from: "127.0.0.1:5".into(),
+        to: "127.0.0.1:6".into(),
+        reason: "stalled".into(),
+        gap_ms: 1200,
+    };
+    reg.push_failover("proxy-1", failover.clone(), 10);
+
+    // Moved: the same event on another engine.
+    let mut moved = event.clone();
+    moved.port = 6;
+    moved.stat_url = Some("http://127.0.0.1:6/ace/stat/x/sess".into());
+    let (stream, _) = reg.stream_started(moved, t(5_000)).unwrap();
+    assert_eq!(stream.container_id, "127.0.0.1:6");
+    assert_eq!(
+        stream.started_at,
+        t(1_000),
+        "the stream runs since its start"
+    );
+    assert_eq!(
+        (stream.viewers, stream.failovers.clone()),
+        (3, vec![failover])
+    );
+    assert!(reg.engine("127.0.0.1:5").unwrap().usage.streams_total == 1);
+
+    // Repeated on the same engine: overwritten, as proxies expect.
+    let mut again = event;
+    again.port = 6;
+    again.stat_url = Some("http://127.0.0.1:6/ace/stat/x/sess".into());
+    let (stream, _) = reg.stream_started(again, t(9_000)).unwrap();
+    assert_eq!(stream.started_at, t(9_000));
+}
