@@ -21,6 +21,7 @@ use crate::registry::Registry;
 use crate::runtime::DockerRuntime;
 use crate::service::{Orchestrator, Settings};
 use crate::store::Store;
+use crate::vpn::{Vpn, VpnSettings};
 use crate::{collector, health, serve};
 
 /// How long in-flight requests get to finish after a shutdown signal. The
@@ -35,6 +36,7 @@ pub struct App {
     pool: Arc<Pool>,
     reconciler: Reconciler,
     proxy: Arc<Proxy>,
+    vpn: Arc<Vpn>,
     stream_token: Option<Arc<str>>,
     api_key: Option<Arc<str>>,
 }
@@ -59,8 +61,10 @@ impl App {
             .with_context(|| format!("cannot listen on {addr} (APP_HOST/APP_PORT)"))?;
         let orch = Arc::new(Orchestrator::new(registry, store, settings));
         let runtime = Arc::new(DockerRuntime::from_env());
+        let runtime_for_vpn: Arc<dyn crate::runtime::ContainerRuntime> = runtime.clone();
         let (pool, reconciler) = Pool::from_config(runtime, orch.clone(), config);
         let proxy = Proxy::new(orch.clone(), proxy_settings(config));
+        let vpn = Vpn::new(vpn_settings(config), runtime_for_vpn, orch.clone());
         // Adopt what already runs before answering anyone; a daemon that is down
         // now is retried by the reconciler.
         if let Err(error) = pool.resync().await {
@@ -74,6 +78,7 @@ impl App {
             pool,
             reconciler,
             proxy,
+            vpn,
             stream_token: config.stream_token.as_deref().map(Arc::from),
             api_key: config.api_key.as_deref().map(Arc::from),
         })
@@ -97,6 +102,12 @@ impl App {
                 .instrument(tracing::info_span!("health_monitor")),
         );
         tasks.spawn(
+            self.vpn
+                .clone()
+                .run(shutdown.clone())
+                .instrument(tracing::info_span!("vpn_monitor")),
+        );
+        tasks.spawn(
             collector::run(self.orch.clone(), shutdown.clone())
                 .instrument(tracing::info_span!("collector")),
         );
@@ -114,6 +125,7 @@ impl App {
         tracing::info!(%addr, "listening");
         let router = api::router(AppState {
             proxy: self.proxy.clone(),
+            vpn: self.vpn.clone(),
             stream_token: self.stream_token.clone(),
             orch: self.orch.clone(),
             api_key: self.api_key,
@@ -169,6 +181,20 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
         max_sessions: config.proxy_max_sessions as usize,
         max_streams_per_engine: config.max_streams_per_engine,
         engine_timeout: config.health_timeout().max(Duration::from_secs(10)),
+    }
+}
+
+/// The VPN nodes' settings.
+pub fn vpn_settings(config: &Config) -> VpnSettings {
+    VpnSettings {
+        nodes: config.vpn_nodes(),
+        api_key: config.gluetun_api_key.clone(),
+        control_port: config.gluetun_control_port,
+        interval: Duration::from_secs_f64(config.vpn_check_interval_s),
+        timeout: config.health_timeout(),
+        network: config.docker_network.clone(),
+        failure_threshold: config.health_failure_threshold,
+        history_max: config.health_history_max,
     }
 }
 

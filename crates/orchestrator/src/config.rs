@@ -279,6 +279,46 @@ pub struct Config {
     )]
     pub stream_token: Option<String>,
 
+    /// The Gluetun container engines run behind (one node, as the Python
+    /// orchestrator read it).
+    #[arg(
+        long,
+        env = "GLUETUN_CONTAINER_NAME",
+        value_name = "GLUETUN_CONTAINER_NAME"
+    )]
+    pub gluetun_container_name: Option<String>,
+
+    /// Several Gluetun containers, comma-separated.
+    #[arg(
+        long,
+        env = "GLUETUN_CONTAINERS",
+        value_name = "GLUETUN_CONTAINERS",
+        value_delimiter = ','
+    )]
+    pub gluetun_containers: Vec<String>,
+
+    /// Key for Gluetun's control server (`X-API-Key`, Gluetun 3.40 and later).
+    #[arg(
+        long,
+        env = "GLUETUN_API_KEY",
+        value_name = "GLUETUN_API_KEY",
+        hide_env_values = true
+    )]
+    pub gluetun_api_key: Option<String>,
+
+    /// Port of Gluetun's control server inside the node.
+    #[arg(
+        long,
+        env = "GLUETUN_CONTROL_PORT",
+        value_name = "GLUETUN_CONTROL_PORT",
+        default_value_t = 8000
+    )]
+    pub gluetun_control_port: u16,
+
+    /// Seconds between two checks of every VPN node.
+    #[arg(long, env = "VPN_CHECK_INTERVAL_S", value_name = "VPN_CHECK_INTERVAL_S", default_value = "5", value_parser = parse_seconds)]
+    pub vpn_check_interval_s: f64,
+
     /// Engine image.
     #[arg(
         long,
@@ -386,6 +426,11 @@ impl fmt::Debug for Config {
                 "stream_token",
                 &self.stream_token.as_ref().map(|_| "<redacted>"),
             )
+            .field(
+                "gluetun_api_key",
+                &self.gluetun_api_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("vpn_nodes", &self.vpn_nodes())
             .field("db_url", &self.db_url)
             .field("health_check_interval_s", &self.health_check_interval_s)
             .field("health_check_timeout_s", &self.health_check_timeout_s)
@@ -522,6 +567,24 @@ impl Config {
             ));
         }
         Ok(PathBuf::from(path))
+    }
+
+    /// The VPN nodes: `GLUETUN_CONTAINER_NAME` first, then `GLUETUN_CONTAINERS`,
+    /// each once.
+    pub fn vpn_nodes(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = Vec::new();
+        for name in self
+            .gluetun_container_name
+            .iter()
+            .chain(&self.gluetun_containers)
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+        {
+            if !nodes.iter().any(|n| n == name) {
+                nodes.push(name.to_owned());
+            }
+        }
+        nodes
     }
 
     pub fn health_interval(&self) -> Duration {

@@ -390,9 +390,16 @@ pub mod labels {
     /// On a container we run: the published host port of the engine's API,
     /// so that an event naming `127.0.0.1:<that port>` finds the engine.
     pub const HOST_HTTP_PORT_LABEL: &str = "host.http_port";
+    /// The Gluetun node (container name) an engine's traffic goes through.
+    pub const VPN_NODE_LABEL: &str = "acestream.vpn_node";
 }
 
 impl Engine {
+    /// The VPN node the engine sits behind, when it does.
+    pub fn vpn_node(&self) -> Option<&str> {
+        self.labels.get(labels::VPN_NODE_LABEL).map(String::as_str)
+    }
+
     /// The host port the engine's API is published on, for a container we run.
     pub fn host_http_port(&self) -> Option<u16> {
         self.labels

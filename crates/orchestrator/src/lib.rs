@@ -22,3 +22,4 @@ pub mod serve;
 pub mod service;
 pub mod store;
 pub mod time;
+pub mod vpn;

@@ -27,6 +27,12 @@ pub struct CheckLabels {
     pub source: &'static str,
 }
 
+/// A VPN node, by container name (bounded: the configured nodes).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    pub node: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
@@ -52,6 +58,7 @@ pub struct Metrics {
     pub proxy_sessions_started: Counter,
     pub proxy_failovers: Counter,
     pub proxy_viewers: Gauge,
+    pub vpn_node_healthy: Family<NodeLabel, Gauge>,
     pub store_dropped_writes: Gauge,
 }
 
@@ -83,6 +90,7 @@ impl Metrics {
             proxy_sessions_started: Counter::default(),
             proxy_failovers: Counter::default(),
             proxy_viewers: Gauge::default(),
+            vpn_node_healthy: Family::default(),
             store_dropped_writes: Gauge::default(),
             registry: Registry::default(),
         };
@@ -184,6 +192,11 @@ impl Metrics {
             "orch_proxy_viewers",
             "Players reading streams through the built-in proxy now",
             m.proxy_viewers.clone(),
+        );
+        registry.register(
+            "orch_vpn_node_healthy",
+            "1 while a VPN node's tunnel is running (its last check passed), by node",
+            m.vpn_node_healthy.clone(),
         );
         for status in HealthStatus::ALL {
             let _ = m.engines.get_or_create(&StatusLabel {

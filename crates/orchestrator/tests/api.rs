@@ -120,8 +120,14 @@ async fn in_process(peer: SocketAddr) -> axum::Router {
         orch.clone(),
         orchestrator::app::proxy_settings(&orchestrator::config::Config::from_args(["x"]).unwrap()),
     );
+    let vpn = orchestrator::vpn::Vpn::new(
+        orchestrator::app::vpn_settings(&orchestrator::config::Config::from_args(["x"]).unwrap()),
+        std::sync::Arc::new(orchestrator::runtime::memory::MemoryRuntime::new()),
+        orch.clone(),
+    );
     router(AppState {
         proxy,
+        vpn,
         stream_token: None,
         orch,
         api_key: None,

@@ -11,6 +11,7 @@ pub mod panel;
 mod play;
 mod streams;
 mod system;
+mod vpn;
 mod wire;
 
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub api_key: Option<Arc<str>>,
     /// The built-in stream proxy.
     pub proxy: Arc<crate::proxy::hub::Proxy>,
+    /// The VPN nodes (none configured: `enabled: false`).
+    pub vpn: Arc<crate::vpn::Vpn>,
     /// `STREAM_TOKEN`: what `/ace/getstream` needs in `?token=`, when set.
     pub stream_token: Option<Arc<str>>,
     /// The engines we run as containers; `None` without a container runtime.
@@ -94,6 +97,8 @@ routes! {
     GET "/streams/{id}/stats" false => get(streams::stats);
     POST "/events/stream_started" true => post(events::stream_started);
     POST "/events/stream_ended" true => post(events::stream_ended);
+    GET "/vpn/status" false => get(vpn::status);
+    GET "/vpn/nodes" false => get(vpn::nodes);
     GET "/metrics" false => get(system::metrics);
     GET "/openapi.json" false => get(system::openapi);
     GET "/health/live" false => get(system::live);

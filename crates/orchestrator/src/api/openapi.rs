@@ -12,7 +12,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::error::Detail;
 use super::panel;
-use super::{containers, engines, events, play, streams, system};
+use super::{containers, engines, events, play, streams, system, vpn};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -34,6 +34,8 @@ use super::{containers, engines, events, play, streams, system};
         streams::stop,
         streams::stats,
         play::getstream,
+        vpn::status,
+        vpn::nodes,
         events::stream_started,
         events::stream_ended,
         system::metrics,

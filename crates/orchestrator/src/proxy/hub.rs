@@ -236,13 +236,18 @@ impl Proxy {
                         asked_failover_for = None;
                         self.orch.metrics.proxy_failovers.inc();
                         tracing::warn!(stream = %entry.stream_id, from = %f.from, to = %f.to, reason = %f.reason, gap_ms = f.gap_ms, "stream moved to another engine");
-                        self.orch.record_check(&f.from, HealthCheck {
-                            ts: Timestamp::now(),
-                            ok: false,
-                            source: CheckSource::Proxy,
-                            latency_ms: None,
-                            error: Some(format!("stream {}: {}", entry.stream_id, f.reason)),
-                        });
+                        // Behind a VPN node that is down, the node is to blame,
+                        // not the engine.
+                        let node_down = self.orch.read(|r| r.engine_blocked(&f.from).is_some());
+                        if !node_down {
+                            self.orch.record_check(&f.from, HealthCheck {
+                                ts: Timestamp::now(),
+                                ok: false,
+                                source: CheckSource::Proxy,
+                                latency_ms: None,
+                                error: Some(format!("stream {}: {}", entry.stream_id, f.reason)),
+                            });
+                        }
                         let record = FailoverRecord {
                             at: f.at,
                             from: f.from,
@@ -278,12 +283,19 @@ impl Proxy {
                     // unhealthy: move before the stall timeout says so.
                     let engine = entry.handle.engine();
                     if asked_failover_for.as_ref() != Some(&engine) {
-                        let unhealthy = self.orch.read(|r| {
-                            r.engine(&engine).map(|e| (e.health.status == HealthStatus::Unhealthy).then(|| e.health.last_error.clone().unwrap_or_default()))
+                        let unusable = self.orch.read(|r| {
+                            if let Some(why) = r.engine_blocked(&engine) {
+                                return Some(why.to_owned());
+                            }
+                            r.engine(&engine).and_then(|e| {
+                                (e.health.status == HealthStatus::Unhealthy).then(|| {
+                                    format!("engine unhealthy: {}", e.health.last_error.clone().unwrap_or_default())
+                                })
+                            })
                         });
-                        if let Some(Some(error)) = unhealthy {
+                        if let Some(why) = unusable {
                             asked_failover_for = Some(engine);
-                            entry.handle.fail_over(format!("engine unhealthy: {error}"));
+                            entry.handle.fail_over(why);
                         }
                     }
                 }

@@ -114,6 +114,22 @@ impl Registry {
         }
     }
 
+    /// Marks a VPN node down (with why) or up (`None`); answers whether that
+    /// changed anything.
+    pub fn set_node_down(&mut self, node: &str, reason: Option<String>) -> bool {
+        match reason {
+            Some(reason) => self.nodes_down.insert(node.to_owned(), reason).is_none(),
+            None => self.nodes_down.remove(node).is_some(),
+        }
+    }
+
+    /// Why an engine must not be used now although it may answer: the VPN
+    /// node it sits behind is down.
+    pub fn engine_blocked(&self, id: &str) -> Option<&str> {
+        let node = self.engines.get(id)?.engine.vpn_node()?;
+        self.nodes_down.get(node).map(String::as_str)
+    }
+
     /// Whether the mass-failure guard holds replacements back.
     pub fn replacement_suspended(&self) -> bool {
         self.replacement_suspended
@@ -161,6 +177,13 @@ impl Registry {
             .values()
             .filter(|e| e.engine.runtime == RuntimeKind::Docker)
             .filter(|e| e.engine.health.status == HealthStatus::Unhealthy)
+            // Behind a VPN node that is down, the node is the cause: its
+            // engines are not replaced one by one.
+            .filter(|e| {
+                e.engine
+                    .vpn_node()
+                    .is_none_or(|node| !self.nodes_down.contains_key(node))
+            })
             .filter_map(|e| {
                 let at = e.engine.health.status_since?;
                 (at <= since).then(|| (e.engine.container_id.clone(), at))

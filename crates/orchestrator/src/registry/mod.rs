@@ -187,6 +187,9 @@ pub struct Registry {
     /// Set while replacements are suspended because too many engines are
     /// unhealthy at once; shown on every engine.
     replacement_suspended: bool,
+    /// VPN nodes whose tunnel is down, with why: their engines are out of
+    /// the selection and not replaced (the cause is the node's).
+    nodes_down: BTreeMap<String, String>,
 }
 
 impl Registry {
@@ -199,6 +202,7 @@ impl Registry {
             stats: HashMap::new(),
             reservations: Vec::new(),
             replacement_suspended: false,
+            nodes_down: BTreeMap::new(),
         }
     }
 
@@ -277,7 +281,7 @@ impl Registry {
 /// doubling as a `VecDeque` does, but never past `max`: left to itself it
 /// would make room for 64 checks to keep 50, or 1,024 snapshots to keep 720,
 /// in every history.
-pub(super) fn push_bounded<T>(queue: &mut VecDeque<T>, item: T, max: usize) {
+pub(crate) fn push_bounded<T>(queue: &mut VecDeque<T>, item: T, max: usize) {
     if max == 0 {
         return;
     }

@@ -77,6 +77,13 @@ impl Registry {
             self.engines
                 .values()
                 .filter(|entry| !exclude.contains(&entry.engine.container_id))
+                // Behind a VPN node whose tunnel is down: its P2P traffic is cut.
+                .filter(|entry| {
+                    entry
+                        .engine
+                        .vpn_node()
+                        .is_none_or(|node| !self.nodes_down.contains_key(node))
+                })
                 .map(|entry| Candidate {
                     id: &entry.engine.container_id,
                     healthy: entry.engine.health.status == HealthStatus::Healthy,

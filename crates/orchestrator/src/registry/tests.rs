@@ -241,3 +241,55 @@ fn a_stream_moved_to_another_engine_keeps_its_start_viewers_and_failovers() {
     let (stream, _) = reg.stream_started(again, t(9_000)).unwrap();
     assert_eq!(stream.started_at, t(9_000));
 }
+
+#[test]
+fn engines_behind_a_down_vpn_node_are_not_selected_nor_replaced() {
+    let mut reg = Registry::new(LIMITS);
+    let behind = |port: u16, node: &str| {
+        let mut engine = Registry::new_external_engine(
+            "127.0.0.1",
+            port,
+            Some(format!("e{port}")),
+            None,
+            BTreeMap::from([(
+                crate::domain::labels::VPN_NODE_LABEL.to_owned(),
+                node.to_owned(),
+            )]),
+            t(0),
+        );
+        engine.runtime = RuntimeKind::Docker;
+        engine
+    };
+    reg.register(behind(1, "vpn-a"));
+    reg.register(behind(2, "vpn-b"));
+    for id in ["e1", "e2"] {
+        reg.record_check(id, check(true, 1)).unwrap();
+    }
+    assert!(reg.set_node_down("vpn-a", Some("tunnel is stopped".into())));
+    assert!(
+        !reg.set_node_down("vpn-a", Some("still".into())),
+        "already down"
+    );
+    assert_eq!(reg.engine_blocked("e1"), Some("still"), "the newest reason");
+    assert_eq!(reg.engine_blocked("e2"), None);
+    for _ in 0..4 {
+        let picked = reg.select_and_reserve(10, 30.0, t(10)).unwrap();
+        assert_eq!(picked.engine_id, "e2", "nothing behind the down node");
+    }
+    // Its engines failing is the node's doing: not replaced one by one.
+    for ms in [20, 30] {
+        // Two in a row: the threshold of these tests.
+        reg.record_check("e1", check(false, ms)).unwrap();
+        reg.record_check("e2", check(false, ms)).unwrap();
+    }
+    let overdue: Vec<String> = reg
+        .unhealthy_since(t(100))
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(overdue, vec!["e2".to_owned()]);
+    // The node back: everything as before.
+    assert!(reg.set_node_down("vpn-a", None));
+    assert_eq!(reg.engine_blocked("e1"), None);
+    assert_eq!(reg.unhealthy_since(t(100)).len(), 2);
+}

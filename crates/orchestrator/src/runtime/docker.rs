@@ -584,6 +584,13 @@ fn info_from_inspect(response: ContainerInspectResponse) -> ContainerInfo {
             .as_deref()
             .and_then(|t| Timestamp::parse(t).ok())
             .unwrap_or_else(|| Timestamp::from_millis(0)),
+        health: response
+            .state
+            .as_ref()
+            .and_then(|s| s.health.as_ref())
+            .and_then(|h| h.status)
+            .map(|s| s.to_string())
+            .filter(|s| !s.is_empty() && s != "none"),
         status: response
             .state
             .and_then(|s| s.status)
@@ -636,6 +643,7 @@ fn info_from_summary(summary: ContainerSummary) -> ContainerInfo {
             })
             .collect(),
         networks: networks_of(summary.network_settings.and_then(|n| n.networks)),
+        health: None,
     }
 }
 

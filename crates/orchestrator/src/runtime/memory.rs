@@ -106,6 +106,7 @@ impl MemoryRuntime {
             labels: spec.labels,
             ports: spec.ports,
             networks: BTreeMap::new(),
+            health: None,
         };
         state.created.push(spec.name);
         state.containers.insert(info.id.clone(), info.clone());

@@ -143,6 +143,10 @@ pub struct ContainerInfo {
     /// IP address of the container on each network it is attached to (empty
     /// while it is not running).
     pub networks: BTreeMap<String, String>,
+    /// The result of the image's `HEALTHCHECK` (`healthy`, `unhealthy`,
+    /// `starting`), when it has one and the runtime says (inspect only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 impl ContainerInfo {
@@ -315,6 +319,7 @@ mod tests {
                 },
             ],
             networks: BTreeMap::new(),
+            health: None,
         };
         assert_eq!(info.host_port(40000), Some(19000));
         assert_eq!(info.host_port(45000), None);

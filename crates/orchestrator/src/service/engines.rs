@@ -151,6 +151,14 @@ impl Orchestrator {
             .map(|recorded| (recorded, outcome))
     }
 
+    /// A VPN node went down (with why) or came back (`None`): its engines
+    /// leave or rejoin the selection.
+    pub fn set_node_down(&self, node: &str, reason: Option<String>) {
+        if self.registry.write().set_node_down(node, reason) {
+            self.changed();
+        }
+    }
+
     /// Shown on every engine while unhealthy engines are not replaced because
     /// too many are unhealthy at once.
     pub fn set_replacement_suspended(&self, suspended: bool) {

@@ -1,0 +1,426 @@
+//! Engines behind a VPN: the Gluetun nodes the engines' traffic goes through.
+//!
+//! Each node named by `GLUETUN_CONTAINER_NAME` / `GLUETUN_CONTAINERS` is
+//! checked every `VPN_CHECK_INTERVAL_S`, all at once: its container (found
+//! through the container runtime; its Docker health counts), then its control
+//! server (`client.rs`). A node is healthy when its tunnel is `running`, with
+//! the same failure threshold, history and reasons as engines. While a node is
+//! unhealthy, the engines behind it (label `acestream.vpn_node`) leave the
+//! selection, the built-in proxy moves their streams away, and they are not
+//! replaced one by one: the cause is the node's. When the node recovers its
+//! engines are checked at once and rejoin.
+
+pub mod client;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use parking_lot::RwLock;
+use serde::Serialize;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{labels::VPN_NODE_LABEL, CheckSource, HealthStatus, HealthTransition};
+use crate::engine_client::millis;
+use crate::registry::push_bounded;
+use crate::runtime::ContainerRuntime;
+use crate::service::Orchestrator;
+use crate::time::Timestamp;
+use client::{ControlClient, ControlError, NodeReport};
+
+/// The VPN settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct VpnSettings {
+    /// Container names of the Gluetun nodes.
+    pub nodes: Vec<String>,
+    pub api_key: Option<String>,
+    /// The control server's port inside the node (Gluetun's default 8000).
+    pub control_port: u16,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// When set, nodes are reached by their address on this network.
+    pub network: Option<String>,
+    pub failure_threshold: u32,
+    pub history_max: usize,
+}
+
+/// One check of a node.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NodeCheck {
+    pub ts: Timestamp,
+    pub ok: bool,
+    pub latency_ms: f64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    container_id: Option<String>,
+    control_url: Option<String>,
+    docker_health: Option<String>,
+    status: HealthStatus,
+    since: Option<Timestamp>,
+    last_check: Option<Timestamp>,
+    consecutive_failures: u32,
+    last_error: Option<String>,
+    report: NodeReport,
+    checks: VecDeque<NodeCheck>,
+    transitions: VecDeque<HealthTransition>,
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self {
+            container_id: None,
+            control_url: None,
+            docker_health: None,
+            status: HealthStatus::Unknown,
+            since: None,
+            last_check: None,
+            consecutive_failures: 0,
+            last_error: None,
+            report: NodeReport::default(),
+            checks: VecDeque::new(),
+            transitions: VecDeque::new(),
+        }
+    }
+}
+
+/// A node as `GET /vpn/nodes` shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NodeView {
+    /// The node's container name.
+    pub name: String,
+    pub container_id: Option<String>,
+    /// Where its control server was reached.
+    pub control_url: Option<String>,
+    pub health_status: HealthStatus,
+    pub health_since: Option<Timestamp>,
+    pub last_health_check: Option<Timestamp>,
+    pub consecutive_failures: u32,
+    pub last_health_error: Option<String>,
+    /// The container's own `HEALTHCHECK` result, when it has one.
+    pub docker_health: Option<String>,
+    pub public_ip: Option<String>,
+    pub country: Option<String>,
+    pub forwarded_port: Option<u16>,
+    /// Engines behind this node (label `acestream.vpn_node`).
+    pub engines: Vec<String>,
+    /// Newest first.
+    pub transitions: Vec<HealthTransition>,
+    /// Newest first.
+    pub checks: Vec<NodeCheck>,
+}
+
+/// `GET /vpn/status`: the first node, in the Python orchestrator's shape.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct VpnStatus {
+    /// Whether any node is configured.
+    pub enabled: bool,
+    /// `running` while the tunnel is up, `down` when it is not, `unknown`
+    /// before the first check, `disabled` without a node.
+    pub status: String,
+    pub container_name: Option<String>,
+    pub health: Option<HealthStatus>,
+    pub forwarded_port: Option<u16>,
+    pub last_check: Option<Timestamp>,
+    pub public_ip: Option<String>,
+}
+
+pub struct Vpn {
+    settings: VpnSettings,
+    runtime: Arc<dyn ContainerRuntime>,
+    orch: Arc<Orchestrator>,
+    client: ControlClient,
+    nodes: RwLock<BTreeMap<String, Node>>,
+}
+
+impl Vpn {
+    pub fn new(
+        settings: VpnSettings,
+        runtime: Arc<dyn ContainerRuntime>,
+        orch: Arc<Orchestrator>,
+    ) -> Arc<Self> {
+        let nodes = settings
+            .nodes
+            .iter()
+            .map(|name| (name.clone(), Node::default()))
+            .collect();
+        Arc::new(Self {
+            client: ControlClient::new(settings.api_key.clone(), settings.timeout),
+            settings,
+            runtime,
+            orch,
+            nodes: RwLock::new(nodes),
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.settings.nodes.is_empty()
+    }
+
+    /// Finds the node's container and asks its control server.
+    async fn probe(
+        &self,
+        name: &str,
+    ) -> (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Result<NodeReport, String>,
+    ) {
+        let info = match self.runtime.inspect(name).await {
+            Ok(Some(info)) => info,
+            Ok(None) => {
+                return (
+                    None,
+                    None,
+                    None,
+                    Err(format!("container '{name}' not found")),
+                )
+            }
+            Err(e) => return (None, None, None, Err(e.to_string())),
+        };
+        let id = Some(info.id.clone());
+        let docker_health = info.health.clone();
+        if !info.status.is_alive() {
+            return (
+                id,
+                None,
+                docker_health,
+                Err(format!("container is {}", info.status)),
+            );
+        }
+        let port = self.settings.control_port;
+        let address = match self
+            .settings
+            .network
+            .as_ref()
+            .and_then(|n| info.networks.get(n))
+        {
+            Some(ip) if !ip.is_empty() => Some(format!("{ip}:{port}")),
+            _ => info.host_port(port).map(|p| format!("127.0.0.1:{p}")),
+        };
+        let Some(address) = address else {
+            return (
+                id,
+                None,
+                docker_health,
+                Err(format!(
+                    "its control server port {port} is neither published nor reachable on DOCKER_NETWORK"
+                )),
+            );
+        };
+        let url = format!("http://{address}");
+        let result = self
+            .client
+            .check(&url, self.settings.timeout)
+            .await
+            .map_err(|e: ControlError| e.to_string());
+        // The container's own health check speaks for the tunnel too.
+        let result = match (&result, docker_health.as_deref()) {
+            (Ok(_), Some("unhealthy")) => {
+                Err("the container's health check says unhealthy".to_owned())
+            }
+            _ => result,
+        };
+        (id, Some(url), docker_health, result)
+    }
+
+    /// Checks one node now and records the verdict.
+    pub async fn check(&self, name: &str) {
+        let started = Instant::now();
+        let (container_id, control_url, docker_health, result) = self.probe(name).await;
+        let check = NodeCheck {
+            ts: Timestamp::now(),
+            ok: result.is_ok(),
+            latency_ms: millis(started.elapsed()),
+            error: result.as_ref().err().cloned(),
+        };
+        let transition = {
+            let mut nodes = self.nodes.write();
+            let Some(node) = nodes.get_mut(name) else {
+                return;
+            };
+            node.container_id = container_id;
+            node.control_url = control_url;
+            node.docker_health = docker_health;
+            node.last_check = Some(check.ts);
+            let before = node.status;
+            let after = match &result {
+                Ok(report) => {
+                    node.report = report.clone();
+                    node.consecutive_failures = 0;
+                    node.last_error = None;
+                    HealthStatus::Healthy
+                }
+                Err(error) => {
+                    node.consecutive_failures = node.consecutive_failures.saturating_add(1);
+                    node.last_error = Some(error.clone());
+                    if node.consecutive_failures >= self.settings.failure_threshold {
+                        HealthStatus::Unhealthy
+                    } else {
+                        before
+                    }
+                }
+            };
+            push_bounded(&mut node.checks, check, self.settings.history_max);
+            (after != before).then(|| {
+                node.status = after;
+                node.since = Some(Timestamp::now());
+                let reason = match &node.last_error {
+                    None => "tunnel running".to_owned(),
+                    Some(error) => format!(
+                        "{} failed check(s) in a row (threshold {}); last: {error}",
+                        node.consecutive_failures, self.settings.failure_threshold
+                    ),
+                };
+                let transition = HealthTransition {
+                    ts: Timestamp::now(),
+                    from: before,
+                    to: after,
+                    reason,
+                };
+                push_bounded(
+                    &mut node.transitions,
+                    transition.clone(),
+                    self.settings.history_max,
+                );
+                transition
+            })
+        };
+        self.orch
+            .metrics
+            .vpn_node_healthy
+            .get_or_create(&crate::metrics::NodeLabel {
+                node: name.to_owned(),
+            })
+            .set(i64::from(result.is_ok()));
+        if let Some(t) = transition {
+            tracing::info!(node = %name, from = %t.from, to = %t.to, reason = %t.reason, "VPN node {name} is now {}: {}", t.to, t.reason);
+            match t.to {
+                HealthStatus::Unhealthy => {
+                    self.orch
+                        .set_node_down(name, Some(format!("VPN node {name}: {}", t.reason)));
+                }
+                HealthStatus::Healthy => {
+                    self.orch.set_node_down(name, None);
+                    // Its engines were left alone while it was down: check
+                    // them now so that they rejoin at once.
+                    let engines = self.engines_behind(name);
+                    for id in engines {
+                        let orch = self.orch.clone();
+                        tokio::spawn(async move {
+                            orch.check_engine(&id, CheckSource::Probe).await;
+                        });
+                    }
+                }
+                HealthStatus::Unknown => {}
+            }
+        }
+    }
+
+    fn engines_behind(&self, node: &str) -> Vec<String> {
+        self.orch.read(|r| {
+            r.all_engine_ids()
+                .into_iter()
+                .filter(|id| {
+                    r.engine(id)
+                        .and_then(|e| e.labels.get(VPN_NODE_LABEL))
+                        .is_some_and(|n| n == node)
+                })
+                .collect()
+        })
+    }
+
+    /// Checks every node, all at once.
+    pub async fn check_all(&self) {
+        let names = self.settings.nodes.clone();
+        stream::iter(names)
+            .for_each_concurrent(None, |name| async move { self.check(&name).await })
+            .await;
+    }
+
+    /// The checking loop, every `VPN_CHECK_INTERVAL_S`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        if !self.enabled() {
+            return;
+        }
+        tracing::info!(nodes = ?self.settings.nodes, interval_s = self.settings.interval.as_secs_f64(), "VPN monitor started");
+        let mut ticker = tokio::time::interval(self.settings.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.check_all() => {}
+            }
+        }
+    }
+
+    /// Every node, for `GET /vpn/nodes`.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        let snapshot: Vec<(String, Node)> = self
+            .nodes
+            .read()
+            .iter()
+            .map(|(name, node)| (name.clone(), node.clone()))
+            .collect();
+        snapshot
+            .into_iter()
+            .map(|(name, node)| NodeView {
+                engines: self.engines_behind(&name),
+                name,
+                container_id: node.container_id,
+                control_url: node.control_url,
+                health_status: node.status,
+                health_since: node.since,
+                last_health_check: node.last_check,
+                consecutive_failures: node.consecutive_failures,
+                last_health_error: node.last_error,
+                docker_health: node.docker_health,
+                public_ip: node.report.public_ip,
+                country: node.report.country,
+                forwarded_port: node.report.forwarded_port,
+                transitions: node.transitions.into_iter().rev().collect(),
+                checks: node.checks.into_iter().rev().collect(),
+            })
+            .collect()
+    }
+
+    /// The first node, in the Python orchestrator's shape.
+    pub fn status(&self) -> VpnStatus {
+        let Some(name) = self.settings.nodes.first() else {
+            return VpnStatus {
+                enabled: false,
+                status: "disabled".into(),
+                container_name: None,
+                health: None,
+                forwarded_port: None,
+                last_check: None,
+                public_ip: None,
+            };
+        };
+        let nodes = self.nodes.read();
+        let node = nodes.get(name).cloned().unwrap_or_default();
+        VpnStatus {
+            enabled: true,
+            status: match node.status {
+                HealthStatus::Healthy => "running",
+                HealthStatus::Unhealthy => "down",
+                HealthStatus::Unknown => "unknown",
+            }
+            .into(),
+            container_name: Some(name.clone()),
+            health: Some(node.status),
+            forwarded_port: node.report.forwarded_port,
+            last_check: node.last_check,
+            public_ip: node.report.public_ip,
+        }
+    }
+}
