@@ -9,6 +9,7 @@
 //! cargo run --release -p bench -- --json            # summary as JSON on stdout
 //! cargo run --release -p bench -- --load            # 200 clients, mixed routes, 60 s
 //! cargo run --release -p bench -- --soak-seconds 600  # the same mix for 10 min, RSS series
+//! cargo run --release -p bench -- --proxy           # the built-in stream proxy (fan-out, failovers...)
 //! ```
 //!
 //! Progress goes to stderr, the summary to stdout. Exits 0 when the run
@@ -18,6 +19,7 @@
 mod load;
 mod phases;
 mod procs;
+mod proxy;
 mod report;
 mod sampler;
 
@@ -137,6 +139,63 @@ struct Args {
     /// Allowed RSS growth (fraction) for the no-growth checks of the load mode.
     #[arg(long, default_value_t = 0.10)]
     rss_tolerance: f64,
+
+    /// Proxy mode instead of the default phases: the built-in stream proxy
+    /// (`GET /ace/getstream`) with emulated engines serving real video: time to
+    /// first byte, fan-out, crash and hang failovers, headroom, many sessions.
+    /// --engines, --hung and the phase options do not apply.
+    #[arg(long)]
+    proxy: bool,
+
+    /// Proxy mode: what to run, comma-separated, of ttfb, fanout, crash, hang,
+    /// headroom, sessions.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ttfb,fanout,crash,hang,headroom,sessions"
+    )]
+    proxy_parts: Vec<String>,
+
+    /// Proxy mode: viewers of the one stream at each fan-out step.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,500,1000")]
+    proxy_viewers: Vec<usize>,
+
+    /// Proxy mode: seconds measured at each fan-out step (and in sessions).
+    #[arg(long, default_value_t = 15.0)]
+    proxy_step_seconds: f64,
+
+    /// Proxy mode: video bitrate of the fan-out stream (ffmpeg units).
+    #[arg(long, default_value = "8M")]
+    proxy_bitrate: String,
+
+    /// Proxy mode: picture size of the fan-out stream.
+    #[arg(long, default_value = "1280x720")]
+    proxy_size: String,
+
+    /// Proxy mode: emulated engines for fan-out, joins and failovers (default:
+    /// failovers + 2, since a session never returns to an engine it left).
+    #[arg(long)]
+    proxy_engines: Option<usize>,
+
+    /// Proxy mode: viewers joining the running session, one at a time.
+    #[arg(long, default_value_t = 50)]
+    proxy_joins: usize,
+
+    /// Proxy mode: forced failovers of each kind (crash, hang).
+    #[arg(long, default_value_t = 20)]
+    proxy_failovers: usize,
+
+    /// Proxy mode: hang failovers with PROXY_HEADROOM_S=5.
+    #[arg(long, default_value_t = 5)]
+    proxy_headroom_failovers: usize,
+
+    /// Proxy mode: contents played at once (one viewer each).
+    #[arg(long, default_value_t = 150)]
+    proxy_sessions: usize,
+
+    /// Proxy mode: engines for the sessions (MAX_STREAMS_PER_ENGINE=2).
+    #[arg(long, default_value_t = 75)]
+    proxy_session_engines: usize,
 }
 
 impl Args {
@@ -243,7 +302,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let extra_env = parse_env(&args.orch_env)?;
-    check_fd_limit(args.engines);
+    if args.proxy {
+        let viewers = args.proxy_viewers.iter().copied().max().unwrap_or(0);
+        check_fd_limit(viewers.max(args.proxy_sessions));
+    } else {
+        check_fd_limit(args.engines);
+    }
 
     // 1. Binaries.
     let release = procs::release_dir();
@@ -263,6 +327,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     procs::require_binary(&orch_bin, "the orchestrator binary")?;
     procs::require_binary(&sim_bin, "the engine emulator binary")?;
+    if args.proxy {
+        return run_proxy(args, extra_env, orch_bin, sim_bin).await;
+    }
 
     // 2. Engines.
     let healthy_count = args.engines - args.hung;
@@ -457,6 +524,55 @@ async fn run(args: Args) -> anyhow::Result<()> {
         report::print_table(&summary);
     }
     Ok(())
+}
+
+async fn run_proxy(
+    args: Args,
+    extra_env: Vec<(String, String)>,
+    orch_bin: PathBuf,
+    sim_bin: PathBuf,
+) -> anyhow::Result<()> {
+    let mut parts = std::collections::HashSet::new();
+    for part in &args.proxy_parts {
+        let part = part.trim();
+        if !proxy::ALL_PARTS.contains(&part) {
+            bail!(
+                "--proxy-parts: '{part}' is not one of {}",
+                proxy::ALL_PARTS.join(", ")
+            );
+        }
+        parts.insert(part.to_owned());
+    }
+    if args.proxy_viewers.is_empty() || args.proxy_viewers.contains(&0) {
+        bail!("--proxy-viewers must be counts of 1 or more");
+    }
+    if args.proxy_engines.is_some_and(|n| n < 2) {
+        bail!("--proxy-engines must be 2 or more: a failover needs a healthy engine to go to");
+    }
+    if !args.proxy_step_seconds.is_finite() || args.proxy_step_seconds <= 0.0 {
+        bail!("--proxy-step-seconds must be a number of seconds above 0");
+    }
+    if args.proxy_session_engines * 2 < args.proxy_sessions {
+        bail!("--proxy-session-engines × 2 streams per engine must cover --proxy-sessions");
+    }
+    proxy::run(proxy::ProxyConfig {
+        orch_bin,
+        sim_bin,
+        viewer_steps: args.proxy_viewers.clone(),
+        step: Duration::from_secs_f64(args.proxy_step_seconds),
+        bitrate: args.proxy_bitrate.clone(),
+        size: args.proxy_size.clone(),
+        engines: args.proxy_engines,
+        joins: args.proxy_joins,
+        failovers: args.proxy_failovers,
+        headroom_failovers: args.proxy_headroom_failovers,
+        sessions: args.proxy_sessions,
+        session_engines: args.proxy_session_engines,
+        parts,
+        extra_env,
+        json: args.json,
+    })
+    .await
 }
 
 enum Parts {

@@ -177,13 +177,26 @@ fn drain_lines<R>(
 pub struct Sim {
     child: Child,
     pub ports: Vec<u16>,
+    /// `host:port` of the control listener (`/control/...`).
+    pub control: Option<String>,
 }
 
 impl Sim {
     pub async fn start(binary: &Path, count: usize, mode: &str) -> anyhow::Result<Sim> {
+        Sim::start_with(binary, count, mode, &[]).await
+    }
+
+    /// Like [`Sim::start`], with more command-line arguments (`--ts-file PATH`...).
+    pub async fn start_with(
+        binary: &Path,
+        count: usize,
+        mode: &str,
+        extra_args: &[String],
+    ) -> anyhow::Result<Sim> {
         let mut child = Command::new(binary)
             .args(["--http-port", "0", "--control-port", "0"])
             .args(["--count", &count.to_string(), "--mode", mode])
+            .args(extra_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -217,7 +230,11 @@ impl Sim {
             }
         };
         let mut ports = Vec::new();
+        let mut control = None;
         for field in ready.split_whitespace() {
+            if let Some(addr) = field.strip_prefix("control=") {
+                control = (addr != "none").then(|| addr.to_owned());
+            }
             if let Some(list) = field.strip_prefix("engines=") {
                 for addr in list.split(',') {
                     let port = addr
@@ -237,7 +254,11 @@ impl Sim {
                 ports.len()
             );
         }
-        Ok(Sim { child, ports })
+        Ok(Sim {
+            child,
+            ports,
+            control,
+        })
     }
 
     pub fn pid(&self) -> Option<u32> {

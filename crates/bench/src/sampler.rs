@@ -204,6 +204,11 @@ impl Sampler {
         });
     }
 
+    /// The usage of the last phase that ended.
+    pub fn last_phase(&self) -> Option<&PhaseUsage> {
+        self.phases.last()
+    }
+
     /// The orchestrator's reading now (for its final VmHWM).
     pub fn orchestrator_now(&self) -> Option<ProcReading> {
         read_proc(&self.watched.orchestrator.to_string())
