@@ -105,14 +105,19 @@ struct State {
 pub struct Ring {
     state: Mutex<State>,
     budget: usize,
+    /// Chunks further than this behind the newest (in media time) are
+    /// dropped even under the budget: no viewer joins that far back, so
+    /// keeping them would only cost memory (sessions × budget).
+    retain: Duration,
     /// Carries the write offset; readers wait on it for new data or closing.
     changed: watch::Sender<u64>,
 }
 
 impl Ring {
-    /// A ring that keeps at most `budget` bytes of chunks (always at least the
-    /// newest chunk, even when it alone is larger).
-    pub fn new(budget: usize) -> Self {
+    /// A ring that keeps at most `budget` bytes of chunks, and none more than
+    /// `retain` of media time behind the newest (always at least the newest
+    /// chunk, even when it alone is larger).
+    pub fn new(budget: usize, retain: Duration) -> Self {
         Self {
             state: Mutex::new(State {
                 chunks: VecDeque::new(),
@@ -124,6 +129,7 @@ impl Ring {
                 evicted: 0,
             }),
             budget,
+            retain,
             changed: watch::Sender::new(0),
         }
     }
@@ -165,7 +171,11 @@ impl Ring {
                 has_pat: psi.iter().any(|(pid, _)| *pid == ts::PAT_PID),
                 has_random_access,
             });
-            while st.bytes > self.budget && st.chunks.len() > 1 {
+            let oldest_kept = media.saturating_sub(self.retain);
+            while st.chunks.len() > 1
+                && (st.bytes > self.budget
+                    || st.chunks.front().is_some_and(|c| c.media < oldest_kept))
+            {
                 if let Some(old) = st.chunks.pop_front() {
                     st.bytes -= old.data.len();
                     st.evicted += 1;
@@ -293,8 +303,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn chunks_older_than_the_retention_go_even_under_the_budget() {
+        // A large budget, 2 s of retention: memory follows what viewers use.
+        let ring = Ring::new(1 << 30, Duration::from_secs(2));
+        let now = Instant::now();
+        for second in 0..10u64 {
+            ring.push(chunk(4, 1), now, Duration::from_secs(second), false, &[]);
+        }
+        // Media 7, 8 and 9 s are within 2 s of the newest (9 s).
+        assert_eq!(ring.bytes(), 3 * 4 * PACKET_SIZE);
+        assert_eq!(ring.evicted(), 7);
+    }
+
+    #[tokio::test]
     async fn readers_share_chunks_and_lag_past_the_budget() {
-        let ring = Ring::new(10 * PACKET_SIZE);
+        let ring = Ring::new(10 * PACKET_SIZE, Duration::from_secs(3600));
         let now = Instant::now();
         let a = chunk(4, 1);
         ring.push(a.clone(), now, ms(0), false, &[]);
@@ -319,7 +342,7 @@ mod tests {
 
     #[tokio::test]
     async fn join_prefers_a_recent_pat_and_hands_out_psi_first() {
-        let ring = Ring::new(1 << 20);
+        let ring = Ring::new(1 << 20, Duration::from_secs(3600));
         let now = Instant::now();
         let pat = Bytes::copy_from_slice(&pat(0));
         let pmt = Bytes::copy_from_slice(&pmt(0));
@@ -350,7 +373,7 @@ mod tests {
 
     #[tokio::test]
     async fn close_drains_or_aborts() {
-        let ring = Ring::new(1 << 20);
+        let ring = Ring::new(1 << 20, Duration::from_secs(3600));
         ring.push(chunk(1, 0), Instant::now(), ms(0), false, &[]);
         let mut rx = ring.watch();
         rx.borrow_and_update();

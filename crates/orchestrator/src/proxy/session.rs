@@ -78,7 +78,7 @@ pub struct OpenError(pub String);
 /// (engine selection, reservation, the HTTP request to the engine).
 pub trait SourceProvider: Send + Sync + 'static {
     /// Opens the content on an engine other than those in `exclude` (every
-    /// engine that already failed in this session).
+    /// engine that failed during this failover).
     fn open<'a>(
         &'a self,
         exclude: &'a [EngineKey],
@@ -101,6 +101,19 @@ pub struct SessionConfig {
     /// How far behind the live edge viewers are served (see module docs).
     pub headroom: Duration,
     pub max_viewers: usize,
+}
+
+/// How far behind the live edge the ring keeps data beyond the headroom: the
+/// join point (a PAT or keyframe within about a second) and some slack for
+/// viewers a little behind.
+const RETAIN_BEYOND_HEADROOM: Duration = Duration::from_secs(5);
+
+impl SessionConfig {
+    /// The media time the ring keeps: the headroom plus a margin. Memory per
+    /// session is the smaller of this at the stream's rate and `ring_bytes`.
+    pub fn retain(&self) -> Duration {
+        self.headroom + RETAIN_BEYOND_HEADROOM
+    }
 }
 
 impl Default for SessionConfig {
@@ -227,7 +240,7 @@ impl SessionHandle {
             Opened::Failed(e) => return Err(OpenError(e)),
         };
         let shared = Arc::new(Shared {
-            ring: Ring::new(config.ring_bytes),
+            ring: Ring::new(config.ring_bytes, config.retain()),
             engine: Mutex::new(opened.source.engine.clone()),
             config,
             viewers: AtomicUsize::new(0),
@@ -503,7 +516,6 @@ struct Ingest {
 
 impl Ingest {
     async fn run(mut self, mut source: Source) {
-        let mut failed: Vec<EngineKey> = Vec::new();
         let mut first = None;
         let end = loop {
             let reason = match self.pump(&mut source, first.take()).await {
@@ -511,7 +523,11 @@ impl Ingest {
                 Pumped::Failed(reason) => reason,
             };
             tracing::warn!(engine = %source.engine, %reason, "proxy source failed, failing over");
-            failed.push(source.engine.clone());
+            // Excluded for this failover only: once it has recovered (the
+            // health monitor says so), a later failover may come back to it;
+            // a list kept for the whole session would leave a long session
+            // with no engine after as many failovers as there are engines.
+            let mut failed = vec![source.engine.clone()];
             let last_byte = self.last_byte;
             let config = &self.shared.config;
             match open_source(&*self.provider, &mut failed, config, &self.cancel).await {
@@ -1189,10 +1205,10 @@ mod tests {
         );
         assert_eq!(session.engine(), "D");
         let excludes = engines.excludes.lock().clone();
-        assert_eq!(
-            excludes[1..],
-            [vec!["A"], vec!["A", "B"], vec!["A", "B", "C"]]
-        );
+        // Each failover excludes the engine that just failed, not every
+        // engine that ever failed: a long session may come back to one that
+        // recovered.
+        assert_eq!(excludes[1..], [vec!["A"], vec!["B"], vec!["C"]]);
 
         session.close();
         let out = viewer.await.unwrap();
