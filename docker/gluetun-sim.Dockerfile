@@ -16,7 +16,6 @@
 # image's separate health server isn't affected by its control server).
 FROM scratch
 COPY gluetun-sim /gluetun-sim
-ENV GLUETUN_SIM_LISTEN=0.0.0.0:8000
 EXPOSE 8000
 HEALTHCHECK --interval=2s --timeout=3s --retries=2 CMD ["/gluetun-sim", "--healthcheck"]
 ENTRYPOINT ["/gluetun-sim"]

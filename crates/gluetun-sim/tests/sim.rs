@@ -720,3 +720,22 @@ async fn the_image_health_follows_the_tunnel() {
     let out = docker(&["inspect", "-f", "{{.State.ExitCode}}", &unique]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
 }
+
+#[tokio::test]
+async fn gluetuns_own_address_variable_is_honoured() {
+    let mut child = command(&[], &[("HTTP_CONTROL_SERVER_ADDRESS", "127.0.0.1:0")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("READY line within 10 s")
+        .unwrap()
+        .unwrap();
+    assert!(line.starts_with("READY listen=127.0.0.1:"), "{line}");
+    assert!(!line.ends_with(":8000"), "{line}");
+    // GLUETUN_SIM_LISTEN wins over it.
+    let sim = start(&[], &[("HTTP_CONTROL_SERVER_ADDRESS", "127.0.0.2:1")]).await;
+    assert!(sim.addr.starts_with("127.0.0.1:"), "{}", sim.addr);
+}
