@@ -1,0 +1,374 @@
+//! VPN nodes: real Gluetun-emulator containers (acestream-gluetun-sim, built
+//! by scripts/gluetun-sim-image) watched by the real orchestrator, with
+//! emulated engines that sit behind them by label.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::{docker, wait_for, LabelCleanup, Orch, Sim};
+use serde_json::{json, Value};
+
+const IMAGE: &str = "acestream-gluetun-sim:latest";
+const KEY: &str = "vpn-test-key";
+const CONTENT: &str = "89abcdef0123456789abcdef0123456789abcdef";
+
+fn ensure_gluetun_image() {
+    static BUILT: OnceLock<bool> = OnceLock::new();
+    let ok = *BUILT.get_or_init(|| {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/gluetun-sim-image"
+        );
+        std::process::Command::new(script)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(
+        ok,
+        "scripts/gluetun-sim-image failed; the VPN tests need {IMAGE}"
+    );
+}
+
+/// A Gluetun node: the emulator in a container of its own, its control
+/// server published on a loopback port.
+struct Node {
+    name: String,
+    port: u16,
+}
+
+impl Node {
+    fn start(name: &str, label: &str, env: &[&str]) -> Node {
+        ensure_gluetun_image();
+        let auth = format!(
+            r#"HTTP_CONTROL_SERVER_AUTH_DEFAULT_ROLE={{"auth":"apikey","apikey":"{KEY}"}}"#
+        );
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--label",
+            label,
+            "-p",
+            "127.0.0.1::8000",
+            "-e",
+            &auth,
+        ];
+        for e in env {
+            args.extend(["-e", e]);
+        }
+        args.push(IMAGE);
+        let id = docker(&args);
+        assert!(!id.is_empty(), "docker run {name} failed");
+        let mapped = docker(&["port", name, "8000/tcp"]);
+        let port = mapped
+            .lines()
+            .next()
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no published port for {name}: {mapped}"));
+        Node {
+            name: name.to_owned(),
+            port,
+        }
+    }
+
+    /// Drops or restores the tunnel, as one does with the real Gluetun.
+    async fn set_tunnel(&self, status: &str) {
+        let response = reqwest::Client::new()
+            .put(format!("http://127.0.0.1:{}/v1/vpn/status", self.port))
+            .header("X-API-Key", KEY)
+            .json(&json!({ "status": status }))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+}
+
+fn unique(what: &str) -> String {
+    format!("vpntest-{what}-{}-{}", std::process::id(), uuid_ish())
+}
+
+fn uuid_ish() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        % 1_000_000_007
+}
+
+async fn node_view(orch: &Orch, name: &str) -> Value {
+    let (_, nodes) = orch.get("/vpn/nodes").await;
+    nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("node {name} not in {nodes}"))
+}
+
+async fn wait_node(orch: &Orch, name: &str, status: &str) -> Value {
+    wait_for(
+        &format!("node {name} to be {status}"),
+        Duration::from_secs(15),
+        || async {
+            let node = node_view(orch, name).await;
+            (node["health_status"] == status).then_some(node)
+        },
+    )
+    .await
+}
+
+async fn register_behind(orch: &Orch, port: u16, node: &str) -> String {
+    let (status, engine) = orch
+        .post(
+            "/engines",
+            json!({ "host": "127.0.0.1", "port": port, "labels": { "acestream.vpn_node": node } }),
+        )
+        .await;
+    assert!(status == 201, "{engine}");
+    engine["container_id"].as_str().unwrap().to_owned()
+}
+
+fn test_video() -> &'static str {
+    static VIDEO: OnceLock<String> = OnceLock::new();
+    VIDEO.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/make-test-video");
+        let out = format!("{}/vpn-test-4s.ts", env!("CARGO_TARGET_TMPDIR"));
+        let made = std::process::Command::new(script)
+            .args([&out, "4"])
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        out
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_tunnel_takes_its_engines_out_and_moves_their_streams() {
+    let label = unique("label");
+    let _cleanup = LabelCleanup {
+        label: label.clone(),
+        pid: None,
+    };
+    let (a, b) = (unique("a"), unique("b"));
+    let node_a = Node::start(&a, &label, &["GLUETUN_SIM_FORWARDED_PORT=41234"]);
+    let node_b = Node::start(&b, &label, &["GLUETUN_SIM_COUNTRY=Sweden"]);
+    let sim = Sim::start_with(&["--count", "2", "--ts-file", test_video()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = format!("{},{}", node_a.name, node_b.name);
+    let orch = Orch::start(
+        dir.path(),
+        &[
+            ("GLUETUN_CONTAINERS", nodes.as_str()),
+            ("GLUETUN_API_KEY", KEY),
+            ("VPN_CHECK_INTERVAL_S", "1"),
+            ("HEALTH_CHECK_INTERVAL_S", "60"),
+            ("PROXY_STALL_S", "5"),
+            ("PROXY_LINGER_S", "1"),
+        ],
+    )
+    .await;
+    let behind_a = register_behind(&orch, sim.ports[0], &a).await;
+    let behind_b = register_behind(&orch, sim.ports[1], &b).await;
+
+    let node = wait_node(&orch, &a, "healthy").await;
+    assert_eq!(node["forwarded_port"], 41234, "{node}");
+    assert_eq!(node["public_ip"], "203.0.113.7", "{node}");
+    assert_eq!(node["engines"], json!([behind_a]), "{node}");
+    assert_eq!(wait_node(&orch, &b, "healthy").await["country"], "Sweden");
+    let (_, status) = orch.get("/vpn/status").await;
+    assert_eq!(
+        (
+            &status["enabled"],
+            &status["status"],
+            &status["container_name"],
+            &status["forwarded_port"]
+        ),
+        (&json!(true), &json!("running"), &json!(a), &json!(41234)),
+        "{status}"
+    );
+
+    // A player on the engine behind node A (the other one is made busier).
+    for engine in [&behind_a, &behind_b] {
+        orch.wait_health(engine, "healthy", Duration::from_secs(5))
+            .await;
+    }
+    let (_, reservation) = orch.post("/engines/select", json!({})).await;
+    let reserved = reservation["engine"]["container_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let client = reqwest::Client::new();
+    let mut player = client
+        .get(orch.url(&format!("/ace/getstream?id={CONTENT}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(player.status(), 200);
+    let (_, streams) = orch.get("/streams?status=started").await;
+    let serving = streams[0]["container_id"].as_str().unwrap().to_owned();
+    assert_ne!(serving, reserved, "the proxy took the free engine");
+    let (serving_node, other_engine) = if serving == behind_a {
+        (&node_a, &behind_b)
+    } else {
+        (&node_b, &behind_a)
+    };
+    let reader = tokio::spawn(async move {
+        let mut bytes = 0usize;
+        while let Ok(Some(chunk)) = player.chunk().await {
+            bytes += chunk.len();
+        }
+        bytes
+    });
+
+    // The serving node's tunnel drops: within a VPN check its engine leaves
+    // the selection and the stream moves, without blaming the engine.
+    serving_node.set_tunnel("stopped").await;
+    let down = wait_node(&orch, &serving_node.name, "unhealthy").await;
+    assert!(
+        down["last_health_error"]
+            .as_str()
+            .unwrap()
+            .contains("tunnel is stopped"),
+        "{down}"
+    );
+    let moved = wait_for(
+        "the stream to leave the dropped tunnel",
+        Duration::from_secs(15),
+        || async {
+            let (_, s) = orch.get("/streams?status=started").await;
+            (s[0]["container_id"] == other_engine.as_str()).then_some(s)
+        },
+    )
+    .await;
+    assert!(
+        moved[0]["failovers"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("VPN node"),
+        "{moved}"
+    );
+    assert!(!reader.is_finished(), "the player is still connected");
+    let history = orch.get(&format!("/engines/{serving}/health")).await.1;
+    assert!(
+        history["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["source"] != "proxy"),
+        "the node is to blame, not the engine: {history}"
+    );
+    for _ in 0..3 {
+        let (status, picked) = orch
+            .post("/engines/select", json!({ "max_streams_per_engine": 10 }))
+            .await;
+        assert_eq!(status, 200, "{picked}");
+        assert_eq!(picked["engine"]["container_id"], other_engine.as_str());
+    }
+
+    // Back up: the node is healthy again and its engine selectable.
+    serving_node.set_tunnel("running").await;
+    wait_node(&orch, &serving_node.name, "healthy").await;
+    let (status, picked) = orch
+        .post("/engines/select", json!({ "max_streams_per_engine": 1 }))
+        .await;
+    assert_eq!(status, 200, "{picked}");
+    assert_eq!(
+        picked["engine"]["container_id"],
+        serving.as_str(),
+        "it rejoined"
+    );
+    reader.abort();
+    let metrics = reqwest::get(orch.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "orch_vpn_node_healthy{{node=\"{}\"}} 1",
+            node_a.name
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_bad_key_garbage_or_no_answer_is_unhealthy_with_a_clear_reason() {
+    let label = unique("label");
+    let _cleanup = LabelCleanup {
+        label: label.clone(),
+        pid: None,
+    };
+    let wrong_key = unique("wrongkey");
+    let garbage = unique("garbage");
+    let hung = unique("hung");
+    let missing = unique("missing");
+    let _w = Node::start(&wrong_key, &label, &[]);
+    let _g = Node::start(&garbage, &label, &["GLUETUN_SIM_MODE=garbage"]);
+    let _h = Node::start(&hung, &label, &["GLUETUN_SIM_MODE=hang"]);
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = format!("{wrong_key},{garbage},{hung},{missing}");
+    // A wrong key is one orchestrator's mistake; the other faults are the
+    // nodes', seen by an orchestrator with the right key.
+    let wrong = Orch::start(
+        dir.path(),
+        &[
+            ("GLUETUN_CONTAINERS", wrong_key.as_str()),
+            ("GLUETUN_API_KEY", "not-the-key"),
+            ("VPN_CHECK_INTERVAL_S", "1"),
+        ],
+    )
+    .await;
+    let node = wait_node(&wrong, &wrong_key, "unhealthy").await;
+    assert!(
+        node["last_health_error"]
+            .as_str()
+            .unwrap()
+            .contains("API key"),
+        "{node}"
+    );
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let orch = Orch::start(
+        dir2.path(),
+        &[
+            ("GLUETUN_CONTAINERS", nodes.as_str()),
+            ("GLUETUN_API_KEY", KEY),
+            ("VPN_CHECK_INTERVAL_S", "1"),
+            ("HEALTH_CHECK_TIMEOUT_S", "1"),
+        ],
+    )
+    .await;
+    for (name, reason) in [
+        (&garbage, "not JSON"),
+        (&hung, "no answer within 1.0s"),
+        (&missing, "not found"),
+    ] {
+        let node = wait_node(&orch, name, "unhealthy").await;
+        assert!(
+            node["last_health_error"].as_str().unwrap().contains(reason),
+            "{name}: {node}"
+        );
+        assert!(node["transitions"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(reason));
+    }
+    assert_eq!(
+        wait_node(&orch, &wrong_key, "healthy").await["public_ip"],
+        "203.0.113.7"
+    );
+}
