@@ -315,6 +315,24 @@ pub struct Config {
     )]
     pub gluetun_control_port: u16,
 
+    /// Engines placed behind a VPN node before another node gets more.
+    #[arg(
+        long,
+        env = "PREFERRED_ENGINES_PER_VPN",
+        value_name = "PREFERRED_ENGINES_PER_VPN",
+        default_value_t = 10
+    )]
+    pub preferred_engines_per_vpn: u32,
+
+    /// Most engines behind one VPN node.
+    #[arg(
+        long,
+        env = "MAX_ENGINES_PER_VPN",
+        value_name = "MAX_ENGINES_PER_VPN",
+        default_value_t = 20
+    )]
+    pub max_engines_per_vpn: u32,
+
     /// Seconds between two checks of every VPN node.
     #[arg(long, env = "VPN_CHECK_INTERVAL_S", value_name = "VPN_CHECK_INTERVAL_S", default_value = "5", value_parser = parse_seconds)]
     pub vpn_check_interval_s: f64,

@@ -53,6 +53,7 @@ fn settings(min_replicas: u32) -> PoolSettings {
         replacement_cooldown_s: 60.0,
         max_unhealthy_percent: 50,
         allowed_images: vec!["engine:test".into()],
+        vpn: None,
     }
 }
 

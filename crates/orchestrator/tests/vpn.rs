@@ -41,6 +41,11 @@ struct Node {
 
 impl Node {
     fn start(name: &str, label: &str, env: &[&str]) -> Node {
+        Self::start_publishing(name, label, env, &[])
+    }
+
+    /// [`Node::start`], with more `docker run` arguments (engine ports).
+    fn start_publishing(name: &str, label: &str, env: &[&str], extra: &[&str]) -> Node {
         ensure_gluetun_image();
         let auth = format!(
             r#"HTTP_CONTROL_SERVER_AUTH_DEFAULT_ROLE={{"auth":"apikey","apikey":"{KEY}"}}"#
@@ -60,6 +65,7 @@ impl Node {
         for e in env {
             args.extend(["-e", e]);
         }
+        args.extend_from_slice(extra);
         args.push(IMAGE);
         let id = docker(&args);
         assert!(!id.is_empty(), "docker run {name} failed");
@@ -370,5 +376,123 @@ async fn a_node_with_a_bad_key_garbage_or_no_answer_is_unhealthy_with_a_clear_re
     assert_eq!(
         wait_node(&orch, &wrong_key, "healthy").await["public_ip"],
         "203.0.113.7"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_are_started_inside_a_node_reached_through_its_ports_and_adopted_after_a_restart() {
+    common::ensure_engine_image();
+    let label = unique("label");
+    let _nodes_cleanup = LabelCleanup {
+        label: label.clone(),
+        pid: None,
+    };
+    let name = unique("node");
+    // The node publishes its control server and two ports for engines, the
+    // way a Gluetun compose entry does.
+    let _node = Node::start_publishing(
+        &name,
+        &label,
+        &["GLUETUN_SIM_FORWARDED_PORT=41234"],
+        &["-p", "127.0.0.1:21400-21401:21400-21401"],
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut orch = Orch::start(
+        dir.path(),
+        &[
+            ("GLUETUN_CONTAINER_NAME", name.as_str()),
+            ("GLUETUN_API_KEY", KEY),
+            ("VPN_CHECK_INTERVAL_S", "0.5"),
+            ("TARGET_IMAGE", "acestream-engine-sim:latest"),
+            ("MIN_REPLICAS", "2"),
+            ("MAX_ENGINES_PER_VPN", "2"),
+            ("MONITOR_INTERVAL_S", "1"),
+            ("AUTOSCALE_INTERVAL_S", "0.5"),
+            ("STARTUP_TIMEOUT_S", "20"),
+        ],
+    )
+    .await;
+    let mut engines_cleanup = LabelCleanup {
+        label: orch.label(),
+        pid: orch.pid(),
+    };
+    let engines = wait_for(
+        "two engines behind the node",
+        Duration::from_secs(60),
+        || async {
+            let (_, engines) = orch.get("/engines").await;
+            let ours: Vec<Value> = engines
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| {
+                    e["labels"]["acestream.vpn_node"] == name.as_str()
+                        && e["health_status"] == "healthy"
+                })
+                .cloned()
+                .collect();
+            (ours.len() == 2).then_some(ours)
+        },
+    )
+    .await;
+    let mut ports: Vec<u64> = engines
+        .iter()
+        .map(|e| e["port"].as_u64().unwrap())
+        .collect();
+    ports.sort();
+    assert_eq!(
+        ports,
+        vec![21400, 21401],
+        "reached through the node's published ports"
+    );
+    let node_id = docker(&["inspect", "-f", "{{.Id}}", &name]);
+    let mut p2p = 0;
+    for engine in &engines {
+        let id = engine["container_id"].as_str().unwrap();
+        let mode = docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", id]);
+        assert_eq!(
+            mode,
+            format!("container:{node_id}"),
+            "inside the node's namespace"
+        );
+        let env = docker(&["inspect", "-f", "{{json .Config.Env}}", id]);
+        if env.contains("P2P_PORT=41234") {
+            p2p += 1;
+        }
+    }
+    assert_eq!(p2p, 1, "the forwarded port went to one engine");
+    let (_, nodes) = orch.get("/vpn/nodes").await;
+    assert_eq!(nodes[0]["engines"].as_array().unwrap().len(), 2, "{nodes}");
+
+    // A restart adopts both, behind their node, and starts nothing new.
+    orch.restart().await;
+    wait_for(
+        "both engines adopted and healthy",
+        Duration::from_secs(20),
+        || async {
+            let (_, engines) = orch.get("/engines").await;
+            let healthy = engines
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| {
+                    e["labels"]["acestream.vpn_node"] == name.as_str()
+                        && e["health_status"] == "healthy"
+                })
+                .count();
+            (healthy == 2).then_some(())
+        },
+    )
+    .await;
+    let containers = docker(&["ps", "-q", "--filter", &format!("label={}", orch.label())]);
+    assert_eq!(containers.lines().count(), 2, "no engine started twice");
+
+    // The node full: a third engine has nowhere to go, and says why.
+    let (status, body) = orch.post("/provision/acestream", json!({})).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("VPN node"),
+        "{body}"
     );
 }

@@ -25,7 +25,9 @@ impl From<ProvisionError> for ApiError {
         let message = e.to_string();
         match e {
             ProvisionError::MaxReplicas(_) => ApiError::Conflict(message),
-            ProvisionError::Ports(_) | ProvisionError::Names(_) => ApiError::Unavailable(message),
+            ProvisionError::Ports(_) | ProvisionError::Names(_) | ProvisionError::NoVpnNode(_) => {
+                ApiError::Unavailable(message)
+            }
             // An image the caller chose is their mistake; TARGET_IMAGE is ours.
             ProvisionError::ImageNotFound(_) => ApiError::Unprocessable(message),
             ProvisionError::TargetImageMissing(_) => ApiError::Unavailable(message),

@@ -12,6 +12,9 @@ pub use crate::domain::labels::HOST_HTTP_PORT_LABEL;
 pub const HTTP_PORT_LABEL: &str = "acestream.http_port";
 pub const HTTPS_PORT_LABEL: &str = "acestream.https_port";
 pub const HOST_HTTPS_PORT_LABEL: &str = "host.https_port";
+/// On the one engine of a VPN node that got the node's forwarded port as its
+/// P2P port (`P2P_PORT`).
+pub const P2P_PORT_LABEL: &str = "acestream.p2p_port";
 
 fn label_port(labels: &BTreeMap<String, String>, key: &str) -> Option<u16> {
     labels.get(key).and_then(|v| v.parse().ok())

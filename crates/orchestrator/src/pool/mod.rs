@@ -14,6 +14,9 @@
 mod containers;
 pub mod labels;
 pub mod reconciler;
+mod vpn;
+
+pub use vpn::VpnPlacement;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU32};
@@ -27,6 +30,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::domain::labels::VPN_NODE_LABEL;
 use crate::domain::{CheckSource, HealthCheck, RuntimeKind};
 use crate::engine_client::millis;
 use crate::ports::{EnginePortSet, EnginePorts, PortError};
@@ -37,6 +41,7 @@ use crate::service::{Orchestrator, Provisioner};
 use crate::time::Timestamp;
 use labels::{
     engine_from, HOST_HTTPS_PORT_LABEL, HOST_HTTP_PORT_LABEL, HTTPS_PORT_LABEL, HTTP_PORT_LABEL,
+    P2P_PORT_LABEL,
 };
 use reconciler::{Command, Reconciler};
 
@@ -67,6 +72,8 @@ pub enum ProvisionError {
     NotFound(String),
     #[error("no free container name engine-N after {0} attempts")]
     Names(u32),
+    #[error("no VPN node can take an engine: {0}")]
+    NoVpnNode(String),
     #[error("image '{0}' is not in PROVISION_ALLOWED_IMAGES ({1})")]
     ImageNotAllowed(String, String),
 }
@@ -99,6 +106,8 @@ pub struct PoolSettings {
     pub replacement_cooldown_s: f64,
     pub max_unhealthy_percent: u8,
     pub allowed_images: Vec<String>,
+    /// Engines go behind these Gluetun nodes; `None` without nodes.
+    pub vpn: Option<VpnPlacement>,
 }
 
 impl PoolSettings {
@@ -119,6 +128,12 @@ impl PoolSettings {
             replacement_cooldown_s: config.health_replacement_cooldown_s,
             max_unhealthy_percent: config.health_max_unhealthy_percent,
             allowed_images: config.allowed_images(),
+            vpn: (!config.vpn_nodes().is_empty()).then(|| VpnPlacement {
+                nodes: config.vpn_nodes(),
+                preferred_per_node: config.preferred_engines_per_vpn,
+                max_per_node: config.max_engines_per_vpn,
+                control_port: config.gluetun_control_port,
+            }),
         }
     }
 }
@@ -172,6 +187,8 @@ pub struct Pool {
     create_lock: tokio::sync::Mutex<()>,
     /// The demand last set through `POST /scale`; the reconciler acts on it.
     demand: AtomicU32,
+    /// Engine ports of VPN nodes being placed, by node.
+    placing: Mutex<Vec<(String, u16)>>,
     /// Whether the last call to the runtime got through.
     reachable: AtomicBool,
     /// To the reconciler task: `/scale` and `/gc` are commands to it.
@@ -196,6 +213,7 @@ impl Pool {
             starting: Mutex::new(Vec::new()),
             create_lock: tokio::sync::Mutex::new(()),
             demand: AtomicU32::new(0),
+            placing: Mutex::new(Vec::new()),
             reachable: AtomicBool::new(true),
             commands,
         });
@@ -263,9 +281,16 @@ impl Pool {
     ) -> Result<Provisioned, ProvisionError> {
         let started = Instant::now();
         let mut slot = self.claim_slot(max)?;
+        if let Some(vpn) = &self.settings.vpn {
+            let (placement, _placing) = self.place_behind_node(vpn).await?;
+            slot.set_port(placement.ports.host_http);
+            return self
+                .start_engine(request, &placement.ports, Some(&placement), started)
+                .await;
+        }
         let ports = self.ports.allocate(self.settings.map_https)?;
         slot.set_port(ports.host_http);
-        let result = self.start_engine(request, &ports, started).await;
+        let result = self.start_engine(request, &ports, None, started).await;
         if result.is_err() {
             self.ports.release(&ports);
         }
@@ -276,6 +301,7 @@ impl Pool {
         &self,
         request: EngineRequest,
         ports: &EnginePortSet,
+        behind: Option<&vpn::Placement>,
         started: Instant,
     ) -> Result<Provisioned, ProvisionError> {
         let mut labels = request.labels;
@@ -303,20 +329,34 @@ impl Pool {
         if let Some(port) = ports.host_https {
             published.push(PortMapping::published(ports.container_https, port));
         }
+        let mut network = self.settings.network.clone();
+        if let Some(placement) = behind {
+            // In the node's namespace: no ports of its own (the node
+            // publishes them), no network of its own.
+            published.clear();
+            network = Some(format!("container:{}", placement.node));
+            labels.insert(VPN_NODE_LABEL.into(), placement.node.clone());
+            if let Some(p2p) = placement.p2p_port {
+                // The VPN's forwarded port, for the engine's P2P traffic.
+                env.entry("P2P_PORT".into())
+                    .or_insert_with(|| p2p.to_string());
+                labels.insert(P2P_PORT_LABEL.into(), p2p.to_string());
+            }
+        }
         let spec = ContainerSpec {
             name: String::new(),
             image: self.settings.image.clone(),
             env: env.into_iter().collect(),
             labels,
             ports: published,
-            network: self.settings.network.clone(),
+            network,
         };
         let info = self.create_named(spec).await.map_err(|e| match e {
             ProvisionError::ImageNotFound(image) => ProvisionError::TargetImageMissing(image),
             other => other,
         })?;
-        let (host, port) = self.address(&info.name, ports);
-        tracing::info!(container = %info.id, name = %info.name, %host, port, "engine container started; waiting for its API");
+        let (host, port) = self.address(behind.map_or(&info.name, |p| &p.node), ports);
+        tracing::info!(container = %info.id, name = %info.name, %host, port, node = ?behind.map(|p| &p.node), "engine container started; waiting for its API");
 
         if let Err(last_error) = self.wait_ready(&host, port).await {
             if let Err(error) = self.runtime.stop_and_remove(&info.id).await {
@@ -393,7 +433,8 @@ impl Pool {
 
     /// Where the orchestrator reaches an engine: by name on `DOCKER_NETWORK`
     /// (the orchestrator runs beside the engines), else on the published host
-    /// port of this host.
+    /// port of this host. An engine behind a VPN node is reached through the
+    /// node: pass the node's name.
     fn address(&self, name: &str, ports: &EnginePortSet) -> (String, u16) {
         match &self.settings.network {
             Some(_) => (name.to_owned(), ports.container_http),

@@ -295,7 +295,12 @@ impl Pool {
             };
             alive.insert(info.id.clone());
             self.ports.reserve(&ports);
-            let (host, port) = self.address(&info.name, &ports);
+            // Behind a VPN node, the engine is reached through the node.
+            let via = info
+                .labels
+                .get(crate::domain::labels::VPN_NODE_LABEL)
+                .unwrap_or(&info.name);
+            let (host, port) = self.address(via, &ports);
             let engine = engine_from(info, host, port);
             if let Ok(true) = self.orch.adopt_engine(engine).await {
                 tracing::info!(container = %info.id, name = %info.name, "adopted a running engine container");

@@ -123,6 +123,24 @@ impl Registry {
         }
     }
 
+    /// Whether a VPN node's tunnel is down.
+    pub fn node_down(&self, node: &str) -> bool {
+        self.nodes_down.contains_key(node)
+    }
+
+    /// Records the port a VPN node's provider forwards (`None`: none).
+    pub fn set_node_forwarded_port(&mut self, node: &str, port: Option<u16>) {
+        match port {
+            Some(port) => self.nodes_forwarded.insert(node.to_owned(), port),
+            None => self.nodes_forwarded.remove(node),
+        };
+    }
+
+    /// The port a VPN node's provider forwards, when it does.
+    pub fn node_forwarded_port(&self, node: &str) -> Option<u16> {
+        self.nodes_forwarded.get(node).copied()
+    }
+
     /// Why an engine must not be used now although it may answer: the VPN
     /// node it sits behind is down.
     pub fn engine_blocked(&self, id: &str) -> Option<&str> {

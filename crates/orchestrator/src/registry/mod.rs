@@ -190,6 +190,8 @@ pub struct Registry {
     /// VPN nodes whose tunnel is down, with why: their engines are out of
     /// the selection and not replaced (the cause is the node's).
     nodes_down: BTreeMap<String, String>,
+    /// The port each VPN node's provider forwards, when it does.
+    nodes_forwarded: BTreeMap<String, u16>,
 }
 
 impl Registry {
@@ -203,6 +205,7 @@ impl Registry {
             reservations: Vec::new(),
             replacement_suspended: false,
             nodes_down: BTreeMap::new(),
+            nodes_forwarded: BTreeMap::new(),
         }
     }
 

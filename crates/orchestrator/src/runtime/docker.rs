@@ -494,12 +494,18 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             network_mode: spec.network.clone(),
             ..Default::default()
         }),
-        networking_config: spec.network.as_ref().map(|network| NetworkingConfig {
-            endpoints_config: Some(HashMap::from([(
-                network.clone(),
-                EndpointSettings::default(),
-            )])),
-        }),
+        // `container:<name>` joins another container's namespace: there is
+        // no network of its own to configure.
+        networking_config: spec
+            .network
+            .as_ref()
+            .filter(|network| !network.starts_with("container:"))
+            .map(|network| NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    network.clone(),
+                    EndpointSettings::default(),
+                )])),
+            }),
         ..Default::default()
     }
 }
@@ -773,6 +779,21 @@ mod tests {
             &Subject::Daemon,
         );
         assert!(e.is_transient());
+    }
+
+    #[test]
+    fn create_body_joins_another_containers_namespace_without_a_network_of_its_own() {
+        let spec = ContainerSpec {
+            name: "engine-1".into(),
+            image: "img".into(),
+            env: vec![],
+            labels: BTreeMap::new(),
+            ports: vec![],
+            network: Some("container:gluetun".into()),
+        };
+        let body = serde_json::to_value(create_body(&spec)).unwrap();
+        assert_eq!(body["HostConfig"]["NetworkMode"], "container:gluetun");
+        assert!(body["NetworkingConfig"].is_null(), "{body}");
     }
 
     #[test]

@@ -159,6 +159,11 @@ impl Orchestrator {
         }
     }
 
+    /// The port a VPN node forwards, for the engine that gets it as P2P port.
+    pub fn set_node_forwarded_port(&self, node: &str, port: Option<u16>) {
+        self.registry.write().set_node_forwarded_port(node, port);
+    }
+
     /// Shown on every engine while unhealthy engines are not replaced because
     /// too many are unhealthy at once.
     pub fn set_replacement_suspended(&self, suspended: bool) {

@@ -251,6 +251,8 @@ impl Vpn {
             let before = node.status;
             let after = match &result {
                 Ok(report) => {
+                    self.orch
+                        .set_node_forwarded_port(name, report.forwarded_port);
                     node.report = report.clone();
                     node.consecutive_failures = 0;
                     node.last_error = None;
