@@ -467,6 +467,8 @@ async fn engines_are_started_inside_a_node_reached_through_its_ports_and_adopted
 
     // A restart adopts both, behind their node, and starts nothing new.
     orch.restart().await;
+    // The cleanup must stop the new process, or it would start engines again.
+    engines_cleanup.pid = orch.pid();
     wait_for(
         "both engines adopted and healthy",
         Duration::from_secs(20),
