@@ -65,6 +65,7 @@ impl App {
         let (pool, reconciler) = Pool::from_config(runtime, orch.clone(), config);
         let proxy = Proxy::new(orch.clone(), proxy_settings(config));
         let vpn = Vpn::new(vpn_settings(config), runtime_for_vpn, orch.clone());
+        vpn.set_pool(&pool);
         // Adopt what already runs before answering anyone; a daemon that is down
         // now is retried by the reconciler.
         if let Err(error) = pool.resync().await {
@@ -195,6 +196,7 @@ pub fn vpn_settings(config: &Config) -> VpnSettings {
         network: config.docker_network.clone(),
         failure_threshold: config.health_failure_threshold,
         history_max: config.health_history_max,
+        restart_engines_on_reconnect: config.vpn_restart_engines_on_reconnect,
     }
 }
 

@@ -333,6 +333,11 @@ pub struct Config {
     )]
     pub max_engines_per_vpn: u32,
 
+    /// When a VPN node recovers, restart (recreate) the engines behind it, as
+    /// the Python orchestrator did, instead of re-checking them.
+    #[arg(long, env = "VPN_RESTART_ENGINES_ON_RECONNECT", value_name = "VPN_RESTART_ENGINES_ON_RECONNECT", default_value = "false", value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
+    pub vpn_restart_engines_on_reconnect: bool,
+
     /// Seconds between two checks of every VPN node.
     #[arg(long, env = "VPN_CHECK_INTERVAL_S", value_name = "VPN_CHECK_INTERVAL_S", default_value = "5", value_parser = parse_seconds)]
     pub vpn_check_interval_s: f64,

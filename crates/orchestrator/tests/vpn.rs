@@ -498,3 +498,138 @@ async fn engines_are_started_inside_a_node_reached_through_its_ports_and_adopted
         "{body}"
     );
 }
+
+/// An orchestrator running engines behind one node that publishes `ports`
+/// (e.g. "21410-21411") for engines.
+async fn node_with_engines(
+    label: &str,
+    ports: &str,
+    extra_env: &[(&str, &str)],
+) -> (Node, tempfile::TempDir, Orch, LabelCleanup) {
+    common::ensure_engine_image();
+    let name = unique("node");
+    let publish = format!("127.0.0.1:{ports}:{ports}");
+    let node = Node::start_publishing(
+        &name,
+        label,
+        &["GLUETUN_SIM_FORWARDED_PORT=41234"],
+        &["-p", &publish],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = vec![
+        ("GLUETUN_CONTAINER_NAME", name.as_str()),
+        ("GLUETUN_API_KEY", KEY),
+        ("VPN_CHECK_INTERVAL_S", "0.5"),
+        ("TARGET_IMAGE", "acestream-engine-sim:latest"),
+        ("MIN_REPLICAS", "1"),
+        ("MONITOR_INTERVAL_S", "1"),
+        ("AUTOSCALE_INTERVAL_S", "0.5"),
+        ("STARTUP_TIMEOUT_S", "20"),
+    ];
+    env.extend_from_slice(extra_env);
+    let orch = Orch::start(dir.path(), &env).await;
+    let cleanup = LabelCleanup {
+        label: orch.label(),
+        pid: orch.pid(),
+    };
+    (node, dir, orch, cleanup)
+}
+
+/// The one healthy engine behind `node` and its `P2P_PORT`, once there is
+/// exactly one.
+async fn the_engine(orch: &Orch, node: &str, what: &str) -> (String, Option<String>) {
+    wait_for(what, Duration::from_secs(60), || async {
+        let (_, engines) = orch.get("/engines").await;
+        let ours: Vec<&Value> = engines
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["labels"]["acestream.vpn_node"] == node && e["health_status"] == "healthy"
+            })
+            .collect();
+        if ours.len() != 1 {
+            return None;
+        }
+        let id = ours[0]["container_id"].as_str().unwrap().to_owned();
+        let env = docker(&["inspect", "-f", "{{json .Config.Env}}", &id]);
+        let p2p = env
+            .split('"')
+            .find_map(|v| v.strip_prefix("P2P_PORT="))
+            .map(str::to_owned);
+        Some((id, p2p))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_forwarded_port_replaces_the_engine_that_had_the_old_one() {
+    let label = unique("label");
+    let _nodes_cleanup = LabelCleanup {
+        label: label.clone(),
+        pid: None,
+    };
+    let (node, _dir, orch, _engines) = node_with_engines(&label, "21410-21411", &[]).await;
+    let (first, p2p) = the_engine(&orch, &node.name, "an engine with the forwarded port").await;
+    assert_eq!(p2p.as_deref(), Some("41234"));
+
+    // The provider forwards another port now (Gluetun's own route).
+    let response = reqwest::Client::new()
+        .put(format!("http://127.0.0.1:{}/v1/portforward", node.port))
+        .header("X-API-Key", KEY)
+        .json(&json!({ "ports": [41999] }))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let (second, p2p) = wait_for("the engine replaced", Duration::from_secs(60), || async {
+        let (id, p2p) = the_engine(&orch, &node.name, "one engine").await;
+        (id != first).then_some((id, p2p))
+    })
+    .await;
+    assert_eq!(p2p.as_deref(), Some("41999"), "{second} has the new port");
+    let history = orch.get(&format!("/engines/{second}")).await.1;
+    assert!(history["engine"].is_object());
+    assert!(
+        docker(&[
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &format!("id={first}")
+        ])
+        .is_empty(),
+        "the old engine is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_restart_on_reconnect_a_node_coming_back_gets_fresh_engines() {
+    let label = unique("label");
+    let _nodes_cleanup = LabelCleanup {
+        label: label.clone(),
+        pid: None,
+    };
+    let (node, _dir, orch, _engines) = node_with_engines(
+        &label,
+        "21420-21421",
+        &[("VPN_RESTART_ENGINES_ON_RECONNECT", "true")],
+    )
+    .await;
+    let (first, _) = the_engine(&orch, &node.name, "an engine behind the node").await;
+    node.set_tunnel("stopped").await;
+    wait_node(&orch, &node.name, "unhealthy").await;
+    node.set_tunnel("running").await;
+    wait_node(&orch, &node.name, "healthy").await;
+    let (second, _) = wait_for("a fresh engine", Duration::from_secs(60), || async {
+        let (id, p2p) = the_engine(&orch, &node.name, "one engine").await;
+        (id != first).then_some((id, p2p))
+    })
+    .await;
+    assert_ne!(second, first);
+    let (_, engine) = orch.get(&format!("/engines/{first}")).await;
+    assert!(
+        engine["detail"].is_string(),
+        "the old engine is forgotten: {engine}"
+    );
+}

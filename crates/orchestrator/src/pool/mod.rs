@@ -237,6 +237,10 @@ impl Pool {
         Self::new(runtime, orch, PoolSettings::from_config(config), ports)
     }
 
+    pub fn orchestrator(&self) -> &Arc<Orchestrator> {
+        &self.orch
+    }
+
     pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
         &self.runtime
     }

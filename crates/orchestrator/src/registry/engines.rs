@@ -81,6 +81,7 @@ impl Registry {
             }
         }
         self.reservations.retain(|r| r.engine_id != id);
+        self.draining.remove(id);
         let entry = self
             .engines
             .remove(id)
@@ -144,8 +145,27 @@ impl Registry {
     /// Why an engine must not be used now although it may answer: the VPN
     /// node it sits behind is down.
     pub fn engine_blocked(&self, id: &str) -> Option<&str> {
+        if let Some(why) = self.draining.get(id) {
+            return Some(why);
+        }
         let node = self.engines.get(id)?.engine.vpn_node()?;
         self.nodes_down.get(node).map(String::as_str)
+    }
+
+    /// Drains an engine (with why) before it is recreated, or stops (`None`).
+    pub fn set_engine_draining(&mut self, id: &str, reason: Option<String>) -> bool {
+        match reason {
+            Some(reason) if self.engines.contains_key(id) => {
+                self.draining.insert(id.to_owned(), reason).is_none()
+            }
+            Some(_) => false,
+            None => self.draining.remove(id).is_some(),
+        }
+    }
+
+    /// Started streams the engine carries now.
+    pub fn active_streams_of(&self, id: &str) -> usize {
+        self.engines.get(id).map_or(0, |e| e.active.len())
     }
 
     /// Whether the mass-failure guard holds replacements back.

@@ -192,6 +192,9 @@ pub struct Registry {
     nodes_down: BTreeMap<String, String>,
     /// The port each VPN node's provider forwards, when it does.
     nodes_forwarded: BTreeMap<String, u16>,
+    /// Engines being drained before they are recreated, with why: out of the
+    /// selection, and the proxy moves their streams.
+    draining: BTreeMap<String, String>,
 }
 
 impl Registry {
@@ -206,6 +209,7 @@ impl Registry {
             replacement_suspended: false,
             nodes_down: BTreeMap::new(),
             nodes_forwarded: BTreeMap::new(),
+            draining: BTreeMap::new(),
         }
     }
 

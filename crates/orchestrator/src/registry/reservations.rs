@@ -77,6 +77,7 @@ impl Registry {
             self.engines
                 .values()
                 .filter(|entry| !exclude.contains(&entry.engine.container_id))
+                .filter(|entry| !self.draining.contains_key(&entry.engine.container_id))
                 // Behind a VPN node whose tunnel is down: its P2P traffic is cut.
                 .filter(|entry| {
                     entry

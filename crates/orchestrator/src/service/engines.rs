@@ -159,6 +159,13 @@ impl Orchestrator {
         }
     }
 
+    /// Drains an engine before it is recreated (`None`: no longer).
+    pub fn set_engine_draining(&self, id: &str, reason: Option<String>) {
+        if self.registry.write().set_engine_draining(id, reason) {
+            self.changed();
+        }
+    }
+
     /// The port a VPN node forwards, for the engine that gets it as P2P port.
     pub fn set_node_forwarded_port(&self, node: &str, port: Option<u16>) {
         self.registry.write().set_node_forwarded_port(node, port);

@@ -13,7 +13,7 @@
 pub mod client;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{labels::VPN_NODE_LABEL, CheckSource, HealthStatus, HealthTransition};
 use crate::engine_client::millis;
+use crate::pool::labels::P2P_PORT_LABEL;
+use crate::pool::Pool;
 use crate::registry::push_bounded;
 use crate::runtime::ContainerRuntime;
 use crate::service::Orchestrator;
@@ -44,6 +46,9 @@ pub struct VpnSettings {
     pub network: Option<String>,
     pub failure_threshold: u32,
     pub history_max: usize,
+    /// When a node recovers, restart (recreate) the engines we run behind it
+    /// instead of re-checking them (`VPN_RESTART_ENGINES_ON_RECONNECT`).
+    pub restart_engines_on_reconnect: bool,
 }
 
 /// One check of a node.
@@ -135,6 +140,9 @@ pub struct Vpn {
     orch: Arc<Orchestrator>,
     client: ControlClient,
     nodes: RwLock<BTreeMap<String, Node>>,
+    /// The engines we run, to recreate them (restart on reconnect, a new
+    /// forwarded port). Set once, by the app.
+    pool: OnceLock<Weak<Pool>>,
 }
 
 impl Vpn {
@@ -154,7 +162,17 @@ impl Vpn {
             runtime,
             orch,
             nodes: RwLock::new(nodes),
+            pool: OnceLock::new(),
         })
+    }
+
+    /// Lets the monitor recreate the engines we run.
+    pub fn set_pool(&self, pool: &Arc<Pool>) {
+        let _ = self.pool.set(Arc::downgrade(pool));
+    }
+
+    fn pool(&self) -> Option<Arc<Pool>> {
+        self.pool.get().and_then(Weak::upgrade)
     }
 
     pub fn enabled(&self) -> bool {
@@ -239,6 +257,7 @@ impl Vpn {
             latency_ms: millis(started.elapsed()),
             error: result.as_ref().err().cloned(),
         };
+        let mut port_changed = None;
         let transition = {
             let mut nodes = self.nodes.write();
             let Some(node) = nodes.get_mut(name) else {
@@ -253,6 +272,11 @@ impl Vpn {
                 Ok(report) => {
                     self.orch
                         .set_node_forwarded_port(name, report.forwarded_port);
+                    if let Some(old) = node.report.forwarded_port {
+                        if report.forwarded_port != Some(old) {
+                            port_changed = Some(old);
+                        }
+                    }
                     node.report = report.clone();
                     node.consecutive_failures = 0;
                     node.last_error = None;
@@ -300,6 +324,9 @@ impl Vpn {
                 node: name.to_owned(),
             })
             .set(i64::from(result.is_ok()));
+        if let Some(old) = port_changed {
+            self.forwarded_port_changed(name, old);
+        }
         if let Some(t) = transition {
             tracing::info!(node = %name, from = %t.from, to = %t.to, reason = %t.reason, "VPN node {name} is now {}: {}", t.to, t.reason);
             match t.to {
@@ -309,18 +336,61 @@ impl Vpn {
                 }
                 HealthStatus::Healthy => {
                     self.orch.set_node_down(name, None);
-                    // Its engines were left alone while it was down: check
-                    // them now so that they rejoin at once.
                     let engines = self.engines_behind(name);
-                    for id in engines {
-                        let orch = self.orch.clone();
-                        tokio::spawn(async move {
-                            orch.check_engine(&id, CheckSource::Probe).await;
-                        });
+                    match self
+                        .pool()
+                        .filter(|_| self.settings.restart_engines_on_reconnect)
+                    {
+                        // The Python orchestrator's behaviour: engines that
+                        // lived through a reconnect are started afresh.
+                        Some(pool) => {
+                            let reason = format!("VPN node {name} reconnected: engine restarted (VPN_RESTART_ENGINES_ON_RECONNECT)");
+                            for id in engines {
+                                tokio::spawn(recreate(pool.clone(), id, reason.clone()));
+                            }
+                        }
+                        // Left alone while the node was down: check them now
+                        // so that they rejoin at once.
+                        None => {
+                            for id in engines {
+                                let orch = self.orch.clone();
+                                tokio::spawn(async move {
+                                    orch.check_engine(&id, CheckSource::Probe).await;
+                                });
+                            }
+                        }
                     }
                 }
                 HealthStatus::Unknown => {}
             }
+        }
+    }
+
+    /// The node's provider forwards another port now: the engine that had
+    /// the old one as its P2P port is drained (its streams move, it leaves
+    /// the selection) and recreated, so that the new engine gets the new port.
+    fn forwarded_port_changed(&self, node: &str, old: u16) {
+        let Some(pool) = self.pool() else {
+            return;
+        };
+        let old_text = old.to_string();
+        let holders: Vec<String> = self
+            .engines_behind(node)
+            .into_iter()
+            .filter(|id| {
+                self.orch.read(|r| {
+                    r.engine(id)
+                        .and_then(|e| e.labels.get(P2P_PORT_LABEL))
+                        .is_some_and(|p| *p == old_text)
+                })
+            })
+            .collect();
+        for id in holders {
+            let reason =
+                format!("VPN node {node} forwards another port than {old}: engine replaced");
+            tracing::info!(engine = %id, node, old_port = old, "the forwarded port changed; replacing the engine that had it");
+            self.orch.set_engine_draining(&id, Some(reason.clone()));
+            tokio::spawn(recreate(pool.clone(), id, reason));
         }
     }
 
@@ -424,5 +494,31 @@ impl Vpn {
             last_check: node.last_check,
             public_ip: node.report.public_ip,
         }
+    }
+}
+
+/// How long a drained engine's streams get to move before it is removed.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// Waits until the engine carries no stream (the proxy moves its streams once
+/// it is drained or its node is down; others end), bounded by [`DRAIN_LIMIT`],
+/// then removes it and starts a new engine in its place.
+async fn recreate(pool: Arc<Pool>, id: String, reason: String) {
+    let orch = pool.orchestrator().clone();
+    orch.set_engine_draining(&id, Some(reason.clone()));
+    let until = Instant::now() + DRAIN_LIMIT;
+    while Instant::now() < until {
+        let busy = orch.read(|r| r.engine(&id).is_some() && r.active_streams_of(&id) > 0);
+        if !busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if let Err(e) = pool.remove(&id, &reason).await {
+        tracing::warn!(engine = %id, error = %e, "could not remove the engine to recreate");
+        return;
+    }
+    if let Err(e) = pool.provision_engine(Default::default()).await {
+        tracing::warn!(engine = %id, error = %e, "could not start the engine's replacement");
     }
 }
