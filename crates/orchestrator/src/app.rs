@@ -71,6 +71,9 @@ impl App {
         if let Err(error) = pool.resync().await {
             tracing::warn!(%error, "container runtime not reachable at start-up; engines we run will be adopted once it is");
         }
+        // Know the VPN nodes (up or down, their forwarded ports) before the
+        // reconciler places the first engine behind one.
+        vpn.check_all().await;
         Ok(App {
             listener,
             header_timeout: Duration::from_secs_f64(config.http_header_timeout_s),

@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{wait_for, Orch, Sim};
+use common::{docker, wait_for, LabelCleanup, Orch, Sim};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -1241,6 +1241,214 @@ impl EventReader {
     }
 }
 
+/// The Gluetun emulator's image, built once per test run.
+fn ensure_gluetun_image() {
+    static BUILT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *BUILT.get_or_init(|| {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/gluetun-sim-image"
+        );
+        std::process::Command::new(script)
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(
+        ok,
+        "scripts/gluetun-sim-image failed; the VPN test needs acestream-gluetun-sim:latest"
+    );
+}
+
+/// Drops or restores a Gluetun emulator's tunnel through its control server.
+async fn set_tunnel(port: u16, key: &str, status: &str) {
+    let response = reqwest::Client::new()
+        .put(format!("http://127.0.0.1:{port}/v1/vpn/status"))
+        .header("X-API-Key", key)
+        .json(&json!({ "status": status }))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vpn_node_shows_its_engines_and_turns_red_when_its_tunnel_drops() {
+    if skipped() {
+        return;
+    }
+    const KEY: &str = "panel-vpn-key";
+    ensure_gluetun_image();
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            % 1_000_000_007
+    );
+    let label = format!("paneltest-vpn-label-{tag}");
+    let _cleanup = LabelCleanup {
+        label: label.clone(),
+        pid: None,
+    };
+    let node = format!("paneltest-vpn-{tag}");
+    let auth =
+        format!(r#"HTTP_CONTROL_SERVER_AUTH_DEFAULT_ROLE={{"auth":"apikey","apikey":"{KEY}"}}"#);
+    let id = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &node,
+        "--label",
+        &label,
+        "-p",
+        "127.0.0.1::8000",
+        "-e",
+        &auth,
+        "-e",
+        "GLUETUN_SIM_COUNTRY=Sweden",
+        "-e",
+        "GLUETUN_SIM_FORWARDED_PORT=41234",
+        "acestream-gluetun-sim:latest",
+    ]);
+    assert!(!id.is_empty(), "docker run {node} failed");
+    let mapped = docker(&["port", &node, "8000/tcp"]);
+    let control: u16 = mapped
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no published port for {node}: {mapped}"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let orch = Orch::start(
+        dir.path(),
+        &[
+            ("GLUETUN_CONTAINER_NAME", node.as_str()),
+            ("GLUETUN_API_KEY", KEY),
+            ("VPN_CHECK_INTERVAL_S", "0.5"),
+        ],
+    )
+    .await;
+    let sim = Sim::start(1).await;
+    let (status, engine) = orch
+        .post(
+            "/engines",
+            json!({ "host": "127.0.0.1", "port": sim.ports[0], "name": "engine-vpn",
+                    "labels": { "acestream.vpn_node": node } }),
+        )
+        .await;
+    assert_eq!(status, 201, "{engine}");
+    let engine_id = engine["container_id"].as_str().unwrap().to_owned();
+
+    let browser = Browser::launch(1280, 1000).await;
+    browser.goto(&orch.url("/panel")).await;
+    let node_card = format!(".vpn-node[data-id=\"{node}\"]");
+    // The node's card, its badge in the engines' colours, what Gluetun reports
+    // and the engine under it; the engine's card names the node.
+    let shows = "const [sel, health, word, colour, engineSel, engineId, down] = arguments;
+         const c = document.querySelector(sel);
+         const e = document.querySelector(engineSel);
+         if (!c || !e || document.getElementById('vpn').hidden) return false;
+         const dot = getComputedStyle(c.querySelector('.badge .dot')).backgroundColor;
+         const item = c.querySelector(`.node-engine[data-id=\"${engineId}\"]`);
+         return c.dataset.health === health
+             && c.querySelector('.badge .word').textContent === word
+             && dot === colour
+             && c.querySelector('.public-ip').textContent === '203.0.113.7 (Sweden)'
+             && c.querySelector('.forwarded-port').textContent === '41234'
+             && !!item && item.querySelector('.engine-name').textContent === 'engine-vpn'
+             && item.dataset.vpnDown === down
+             && (item.querySelector('.vpn-down')?.textContent ?? '') === (down === 'true' ? 'VPN down' : '')
+             && e.dataset.vpnDown === down
+             && e.querySelector('.vpn .vpn-name')?.textContent === c.dataset.id
+             && (e.querySelector('.vpn .vpn-down')?.textContent ?? '') === (down === 'true' ? 'VPN down' : '');";
+    let engine_card = card(&engine_id);
+    browser
+        .wait(
+            "the node healthy with its IP, country, port and engine",
+            SHOWN,
+            shows,
+            json!([
+                node_card,
+                "healthy",
+                "healthy",
+                GREEN,
+                engine_card,
+                engine_id,
+                "false"
+            ]),
+        )
+        .await;
+    assert_eq!(
+        browser.text(&format!("{node_card} .error")).await,
+        "",
+        "no error on a healthy node"
+    );
+
+    set_tunnel(control, KEY, "stopped").await;
+    browser
+        .wait(
+            "the node down in red, its engine marked",
+            Duration::from_secs(15),
+            shows,
+            json!([
+                node_card,
+                "unhealthy",
+                "down",
+                RED,
+                engine_card,
+                engine_id,
+                "true"
+            ]),
+        )
+        .await;
+    let error = browser.text(&format!("{node_card} .error")).await;
+    assert!(error.contains("tunnel is stopped"), "the reason: {error:?}");
+    // The engine itself still answers its probes: only the node is at fault.
+    let greyed = browser
+        .js(
+            "return getComputedStyle(document.querySelector(arguments[0] + ' .addr').parentElement).opacity;",
+            json!([engine_card]),
+        )
+        .await;
+    assert_eq!(greyed, "0.5", "the engine behind a down node is greyed");
+    browser.screenshot("panel-vpn-down.png").await;
+
+    set_tunnel(control, KEY, "running").await;
+    browser
+        .wait(
+            "the node healthy again",
+            Duration::from_secs(15),
+            shows,
+            json!([
+                node_card,
+                "healthy",
+                "healthy",
+                GREEN,
+                engine_card,
+                engine_id,
+                "false"
+            ]),
+        )
+        .await;
+    // Pushed, not polled.
+    assert_eq!(
+        browser
+            .js(
+                "return document.getElementById('connection').dataset.state;",
+                json!([])
+            )
+            .await,
+        "live"
+    );
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    assert_all_local(&orch, &browser.fetched_urls().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_panel_routes_serve_assets_snapshots_and_events() {
     let dir = tempfile::tempdir().unwrap();
@@ -1316,6 +1524,7 @@ async fn the_panel_routes_serve_assets_snapshots_and_events() {
         .expect("a snapshot on connect");
     assert_eq!(first["engines"][0]["health_status"], "unknown");
     assert_eq!(first["recent_checks"][&id], json!([]));
+    assert_eq!(first["vpn_nodes"], json!([]), "no VPN nodes without VPN");
 
     sim.set_mode(None, "healthy").await;
     let asked = Instant::now();

@@ -203,6 +203,13 @@ impl Orchestrator {
             .send_modify(|version| *version = version.wrapping_add(1));
     }
 
+    /// Wakes live views (the dashboard's event stream) after a change they
+    /// show that is kept outside the registry: a VPN node's health, error,
+    /// public IP or forwarded port. Registry changes wake them by themselves.
+    pub fn notify_changed(&self) {
+        self.changed();
+    }
+
     /// A receiver that wakes up after registry changes.
     pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()

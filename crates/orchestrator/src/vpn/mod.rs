@@ -26,7 +26,7 @@ use crate::domain::{labels::VPN_NODE_LABEL, CheckSource, HealthStatus, HealthTra
 use crate::engine_client::millis;
 use crate::pool::labels::P2P_PORT_LABEL;
 use crate::pool::Pool;
-use crate::registry::push_bounded;
+use crate::registry::{push_bounded, Registry};
 use crate::runtime::ContainerRuntime;
 use crate::service::Orchestrator;
 use crate::time::Timestamp;
@@ -93,6 +93,30 @@ impl Default for Node {
     }
 }
 
+/// What the dashboard shows of a node: when it changes, live views are woken.
+#[derive(PartialEq)]
+struct Shown {
+    status: HealthStatus,
+    error: Option<String>,
+    docker_health: Option<String>,
+    public_ip: Option<String>,
+    country: Option<String>,
+    forwarded_port: Option<u16>,
+}
+
+impl Shown {
+    fn of(node: &Node) -> Self {
+        Self {
+            status: node.status,
+            error: node.last_error.clone(),
+            docker_health: node.docker_health.clone(),
+            public_ip: node.report.public_ip.clone(),
+            country: node.report.country.clone(),
+            forwarded_port: node.report.forwarded_port,
+        }
+    }
+}
+
 /// A node as `GET /vpn/nodes` shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeView {
@@ -117,6 +141,42 @@ pub struct NodeView {
     pub transitions: Vec<HealthTransition>,
     /// Newest first.
     pub checks: Vec<NodeCheck>,
+}
+
+/// A node as the dashboard's snapshot carries it: [`NodeView`] without its
+/// histories, with only the newest transition.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct NodeSummary {
+    /// The node's container name.
+    pub name: String,
+    pub health_status: HealthStatus,
+    pub health_since: Option<Timestamp>,
+    pub last_health_check: Option<Timestamp>,
+    pub consecutive_failures: u32,
+    pub last_health_error: Option<String>,
+    /// The container's own `HEALTHCHECK` result, when it has one.
+    pub docker_health: Option<String>,
+    pub public_ip: Option<String>,
+    pub country: Option<String>,
+    pub forwarded_port: Option<u16>,
+    /// Engines behind this node (label `acestream.vpn_node`), by id.
+    pub engines: Vec<String>,
+    /// The newest health transition, with its reason.
+    pub last_transition: Option<HealthTransition>,
+}
+
+/// The ids of the engines behind `node` (label `acestream.vpn_node`).
+pub fn engines_behind_in(registry: &Registry, node: &str) -> Vec<String> {
+    registry
+        .all_engine_ids()
+        .into_iter()
+        .filter(|id| {
+            registry
+                .engine(id)
+                .and_then(|e| e.labels.get(VPN_NODE_LABEL))
+                .is_some_and(|n| n == node)
+        })
+        .collect()
 }
 
 /// `GET /vpn/status`: the first node, in the Python orchestrator's shape.
@@ -258,11 +318,12 @@ impl Vpn {
             error: result.as_ref().err().cloned(),
         };
         let mut port_changed = None;
-        let transition = {
+        let (transition, shown_changed) = {
             let mut nodes = self.nodes.write();
             let Some(node) = nodes.get_mut(name) else {
                 return;
             };
+            let shown_before = Shown::of(node);
             node.container_id = container_id;
             node.control_url = control_url;
             node.docker_health = docker_health;
@@ -270,8 +331,6 @@ impl Vpn {
             let before = node.status;
             let after = match &result {
                 Ok(report) => {
-                    self.orch
-                        .set_node_forwarded_port(name, report.forwarded_port);
                     if let Some(old) = node.report.forwarded_port {
                         if report.forwarded_port != Some(old) {
                             port_changed = Some(old);
@@ -293,7 +352,7 @@ impl Vpn {
                 }
             };
             push_bounded(&mut node.checks, check, self.settings.history_max);
-            (after != before).then(|| {
+            let transition = (after != before).then(|| {
                 node.status = after;
                 node.since = Some(Timestamp::now());
                 let reason = match &node.last_error {
@@ -315,8 +374,20 @@ impl Vpn {
                     self.settings.history_max,
                 );
                 transition
-            })
+            });
+            (transition, Shown::of(node) != shown_before)
         };
+        // Outside the node lock: the registry's lock is never taken under it.
+        if let Ok(report) = &result {
+            self.orch
+                .set_node_forwarded_port(name, report.forwarded_port);
+        }
+        // The dashboard shows nodes; their checks happen outside the
+        // registry, so its event stream must be told. Not on every check:
+        // only when something it shows changed.
+        if shown_changed {
+            self.orch.notify_changed();
+        }
         self.orch
             .metrics
             .vpn_node_healthy
@@ -395,16 +466,7 @@ impl Vpn {
     }
 
     fn engines_behind(&self, node: &str) -> Vec<String> {
-        self.orch.read(|r| {
-            r.all_engine_ids()
-                .into_iter()
-                .filter(|id| {
-                    r.engine(id)
-                        .and_then(|e| e.labels.get(VPN_NODE_LABEL))
-                        .is_some_and(|n| n == node)
-                })
-                .collect()
-        })
+        self.orch.read(|r| engines_behind_in(r, node))
     }
 
     /// Checks every node, all at once.
@@ -433,6 +495,31 @@ impl Vpn {
                 _ = self.check_all() => {}
             }
         }
+    }
+
+    /// Every node without its histories, for the dashboard's snapshot. Its
+    /// `engines` are left empty: the caller fills them from the registry it
+    /// holds (see [`engines_behind_in`]), so that they agree with the rest of
+    /// its snapshot. Empty when no node is configured.
+    pub fn summaries(&self) -> Vec<NodeSummary> {
+        self.nodes
+            .read()
+            .iter()
+            .map(|(name, node)| NodeSummary {
+                name: name.clone(),
+                health_status: node.status,
+                health_since: node.since,
+                last_health_check: node.last_check,
+                consecutive_failures: node.consecutive_failures,
+                last_health_error: node.last_error.clone(),
+                docker_health: node.docker_health.clone(),
+                public_ip: node.report.public_ip.clone(),
+                country: node.report.country.clone(),
+                forwarded_port: node.report.forwarded_port,
+                engines: Vec::new(),
+                last_transition: node.transitions.back().cloned(),
+            })
+            .collect()
     }
 
     /// Every node, for `GET /vpn/nodes`.

@@ -29,6 +29,7 @@ use crate::domain::StreamStatus;
 use crate::registry::Registry;
 use crate::service::Orchestrator;
 use crate::time::Timestamp;
+use crate::vpn::{engines_behind_in, NodeSummary, Vpn};
 
 /// Snapshots are sent at most this often: a health sweep over many engines
 /// changes the registry once per engine, and the page needs one picture of the
@@ -205,20 +206,34 @@ pub struct PanelSnapshot<'a> {
     streams: Vec<&'a crate::domain::Stream>,
     /// Per `container_id`, the engine's newest health checks (up to 30), newest first.
     recent_checks: BTreeMap<String, Vec<RecentCheck<'a>>>,
+    /// The VPN nodes, as `GET /vpn/nodes` shows them without their check and
+    /// transition histories (only the newest transition); empty without VPN.
+    vpn_nodes: Vec<NodeSummary>,
 }
 
 /// The dashboard's picture of the pool, as JSON:
 ///
 /// ```json
 /// {"generated_at": TS, "engines": [Engine…], "streams": [Stream…],
-///  "recent_checks": {"<container_id>": [{"ts": TS, "ok": true, "error"?: "…"}…]}}
+///  "recent_checks": {"<container_id>": [{"ts": TS, "ok": true, "error"?: "…"}…]},
+///  "vpn_nodes": [NodeSummary…]}
 /// ```
 ///
 /// `engines` is byte for byte what `GET /engines` answers, `streams` are the
 /// started streams (newest first) and `recent_checks` are each engine's newest
 /// checks, newest first. Built under the caller's read lock in one pass, with
-/// no await in between, so the three parts agree with each other.
-pub fn snapshot_json(registry: &Registry, now: Timestamp) -> serde_json::Result<String> {
+/// no await in between, so the three parts agree with each other. `vpn_nodes`
+/// are taken by the caller before the lock (a node's check takes the node
+/// lock, then the registry's); their `engines` are filled here, from this
+/// registry.
+pub fn snapshot_json(
+    registry: &Registry,
+    now: Timestamp,
+    mut vpn_nodes: Vec<NodeSummary>,
+) -> serde_json::Result<String> {
+    for node in &mut vpn_nodes {
+        node.engines = engines_behind_in(registry, &node.name);
+    }
     let engines = registry.engines_json(now)?;
     let streams = registry.streams(Some(StreamStatus::Started), None);
     let recent: BTreeMap<String, Vec<RecentCheck<'_>>> = registry
@@ -250,6 +265,8 @@ pub fn snapshot_json(registry: &Registry, now: Timestamp) -> serde_json::Result<
     serde_json::to_writer(&mut out, &streams)?;
     out.extend_from_slice(br#","recent_checks":"#);
     serde_json::to_writer(&mut out, &recent)?;
+    out.extend_from_slice(br#","vpn_nodes":"#);
+    serde_json::to_writer(&mut out, &vpn_nodes)?;
     out.push(b'}');
     // serde_json writes UTF-8 only.
     Ok(String::from_utf8(out).unwrap_or_default())
@@ -257,8 +274,10 @@ pub fn snapshot_json(registry: &Registry, now: Timestamp) -> serde_json::Result<
 
 /// Takes a snapshot under the read lock. A plain function, so that the lock
 /// guard cannot live across an await of the event stream.
-fn take_snapshot(orch: &Orchestrator) -> Result<String, ApiError> {
-    orch.read(|registry| snapshot_json(registry, Timestamp::now()))
+fn take_snapshot(orch: &Orchestrator, vpn: &Vpn) -> Result<String, ApiError> {
+    // Before the registry's lock, never under it: see `snapshot_json`.
+    let nodes = vpn.summaries();
+    orch.read(|registry| snapshot_json(registry, Timestamp::now(), nodes))
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
@@ -270,7 +289,7 @@ fn take_snapshot(orch: &Orchestrator) -> Result<String, ApiError> {
     responses((status = 200, description = "The pool now.", body = PanelSnapshot)),
 )]
 pub async fn snapshot(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let body = take_snapshot(&state.orch)?;
+    let body = take_snapshot(&state.orch, &state.vpn)?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/json"),
@@ -281,8 +300,8 @@ pub async fn snapshot(State(state): State<AppState>) -> Result<Response, ApiErro
         .into_response())
 }
 
-fn snapshot_event(orch: &Orchestrator) -> Event {
-    match take_snapshot(orch) {
+fn snapshot_event(orch: &Orchestrator, vpn: &Vpn) -> Event {
+    match take_snapshot(orch, vpn) {
         Ok(json) => Event::default().event("snapshot").data(json),
         // Never expected (the registry always serializes); the page shows it.
         Err(error) => Event::default().event("failure").data(error.to_string()),
@@ -290,26 +309,30 @@ fn snapshot_event(orch: &Orchestrator) -> Event {
 }
 
 /// The event stream: a snapshot at once, then one after each burst of
-/// registry changes, no closer together than [`THROTTLE`].
-fn snapshots(orch: Arc<Orchestrator>) -> impl Stream<Item = Result<Event, Infallible>> {
+/// changes (the registry's, and what the dashboard shows of VPN nodes, see
+/// [`Orchestrator::notify_changed`]), no closer together than [`THROTTLE`].
+fn snapshots(
+    orch: Arc<Orchestrator>,
+    vpn: Arc<Vpn>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
     let changes = orch.watch_changes();
     futures::stream::unfold(
-        (orch, changes, None::<Instant>),
-        |(orch, mut changes, last_sent)| async move {
+        (orch, vpn, changes, None::<Instant>),
+        |(orch, vpn, mut changes, last_sent)| async move {
             let event = match last_sent {
                 // The first event also tells the browser how soon to reconnect.
-                None => snapshot_event(&orch).retry(RECONNECT),
+                None => snapshot_event(&orch, &vpn).retry(RECONNECT),
                 Some(last_sent) => {
                     // Ends the stream if the orchestrator itself is gone.
                     changes.changed().await.ok()?;
                     // Changes that arrive while we wait are folded into one event.
                     tokio::time::sleep_until(last_sent + THROTTLE).await;
-                    snapshot_event(&orch)
+                    snapshot_event(&orch, &vpn)
                 }
             };
             // Everything up to now is in this snapshot.
             changes.borrow_and_update();
-            Some((Ok(event), (orch, changes, Some(Instant::now()))))
+            Some((Ok(event), (orch, vpn, changes, Some(Instant::now()))))
         },
     )
 }
@@ -319,14 +342,14 @@ fn snapshots(orch: Arc<Orchestrator>) -> impl Stream<Item = Result<Event, Infall
 #[utoipa::path(
     get, path = "/panel/events", tag = "panel", operation_id = "panelEvents",
     summary = "Live snapshots (server-sent events)",
-    description = "A `text/event-stream`. On connect it sends an event `snapshot` whose data is a `PanelSnapshot` (JSON on one line), then another after each change of the registry, at most one every 300 ms. A comment line `: keep-alive` follows 15 s of silence. The first event carries `retry: 2000` (reconnect after 2 s).",
+    description = "A `text/event-stream`. On connect it sends an event `snapshot` whose data is a `PanelSnapshot` (JSON on one line), then another after each change of the registry or of what it shows of a VPN node (health, error, public IP, country, forwarded port), at most one every 300 ms. A comment line `: keep-alive` follows 15 s of silence. The first event carries `retry: 2000` (reconnect after 2 s).",
     responses((status = 200, description = "The event stream; it stays open.", content(
-        (String = "text/event-stream", example = "retry: 2000\nevent: snapshot\ndata: {\"generated_at\":\"2026-11-28T03:27:46.123Z\",\"engines\":[],\"streams\":[],\"recent_checks\":{}}\n\n"),
+        (String = "text/event-stream", example = "retry: 2000\nevent: snapshot\ndata: {\"generated_at\":\"2026-11-28T03:27:46.123Z\",\"engines\":[],\"streams\":[],\"recent_checks\":{},\"vpn_nodes\":[]}\n\n"),
     ))),
 )]
 pub async fn events(State(state): State<AppState>) -> impl IntoResponse {
     let stream = futures::StreamExt::take_until(
-        snapshots(state.orch.clone()),
+        snapshots(state.orch.clone(), state.vpn.clone()),
         state.shutdown.clone().cancelled_owned(),
     );
     let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"));
@@ -405,13 +428,14 @@ mod tests {
                 },
             );
         }
-        let text = snapshot_json(&registry, now).unwrap();
+        let text = snapshot_json(&registry, now, Vec::new()).unwrap();
         let snapshot: serde_json::Value = serde_json::from_str(&text).unwrap();
         let engines: serde_json::Value =
             serde_json::from_slice(&registry.engines_json(now).unwrap()).unwrap();
         assert_eq!(snapshot["engines"], engines);
         assert_eq!(snapshot["generated_at"], "2026-11-28T03:27:46.123Z");
         assert_eq!(snapshot["streams"], serde_json::json!([]));
+        assert_eq!(snapshot["vpn_nodes"], serde_json::json!([]));
         let checks = snapshot["recent_checks"]["127.0.0.1:19023"]
             .as_array()
             .unwrap();
@@ -427,5 +451,57 @@ mod tests {
             !text.contains('\n'),
             "an SSE data line cannot hold a newline"
         );
+    }
+
+    #[test]
+    fn snapshot_nodes_list_the_engines_behind_them_from_the_registry() {
+        let mut registry = Registry::new(Limits {
+            failure_threshold: 1,
+            health_history_max: 50,
+            stats_history_max: 10,
+            ended_streams_max: 10,
+        });
+        let now = Timestamp::from_millis(1_795_836_466_123);
+        for (port, node) in [(19023, Some("vpn-a")), (19024, None)] {
+            let labels = node
+                .map(|n| {
+                    (
+                        crate::domain::labels::VPN_NODE_LABEL.to_owned(),
+                        n.to_owned(),
+                    )
+                })
+                .into_iter()
+                .collect();
+            registry.register(Registry::new_external_engine(
+                "127.0.0.1",
+                port,
+                None,
+                None,
+                labels,
+                now,
+            ));
+        }
+        let node = NodeSummary {
+            name: "vpn-a".into(),
+            health_status: crate::domain::HealthStatus::Unhealthy,
+            health_since: Some(now),
+            last_health_check: Some(now),
+            consecutive_failures: 1,
+            last_health_error: Some("VPN is stopped".into()),
+            docker_health: None,
+            public_ip: Some("203.0.113.7".into()),
+            country: None,
+            forwarded_port: None,
+            engines: Vec::new(),
+            last_transition: None,
+        };
+        let text = snapshot_json(&registry, now, vec![node]).unwrap();
+        let snapshot: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let nodes = snapshot["vpn_nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0]["name"], "vpn-a");
+        assert_eq!(nodes[0]["health_status"], "unhealthy");
+        assert_eq!(nodes[0]["engines"], serde_json::json!(["127.0.0.1:19023"]));
+        assert!(nodes[0].get("checks").is_none(), "no check history");
     }
 }

@@ -11,7 +11,7 @@ import { ApiError, apiKey, request, segment } from './api.js';
 import { learnServerTime, now } from './format.js';
 import {
   engineName, redrawStreamChart, renderConnection, renderDetail, renderEngines, renderKpis,
-  renderStreams, tickTimes, toast,
+  renderStreams, renderVpnNodes, tickTimes, toast,
 } from './view.js';
 
 const $ = (id) => document.getElementById(id);
@@ -54,6 +54,7 @@ function apply(snapshot) {
   state.snapshot = snapshot;
   learnServerTime(snapshot.generated_at);
   renderKpis(snapshot);
+  renderVpnNodes(snapshot);
   renderEngines(snapshot);
   renderStreams(snapshot, samplesOf);
   refreshStats(snapshot);

@@ -118,13 +118,45 @@ function createEngine(engine, id) {
     field('Last used', timeEl('ago usage')),
     field('Checked', timeEl('ago checked')),
     field('Recent checks', strip),
+    el('p', 'vpn'),
     actions,
     el('p', 'error'),
   );
   return card;
 }
 
-function updateEngine(card, { engine, checks }) {
+/** The VPN node an engine sits behind (label `acestream.vpn_node`), or null. */
+export function vpnNodeOf(engine) {
+  return engine.labels?.[VPN_NODE_LABEL] || null;
+}
+
+const VPN_NODE_LABEL = 'acestream.vpn_node';
+
+/** Says on an engine's card which node it is behind, and whether that node is down. */
+function updateEngineVpn(card, engine, nodes) {
+  const name = vpnNodeOf(engine);
+  const node = name ? nodes.get(name) : null;
+  const down = node?.health_status === 'unhealthy';
+  card.dataset.vpnDown = String(down);
+  const line = card.querySelector('.vpn');
+  if (!name) {
+    line.replaceChildren();
+    line.removeAttribute('title');
+    return;
+  }
+  const signature = `${name}|${down}`;
+  if (line.dataset.for !== signature) {
+    line.dataset.for = signature;
+    const parts = [el('span', 'vpn-label', 'VPN node'), el('span', 'vpn-name', name)];
+    if (down) parts.push(el('span', 'vpn-down', 'VPN down'));
+    line.replaceChildren(...parts);
+  }
+  line.title = down
+    ? `Behind VPN node ${name}, which is down: ${node.last_health_error || 'unhealthy'}. Not selected until it recovers.`
+    : `Behind VPN node ${name}`;
+}
+
+function updateEngine(card, { engine, checks, nodes }) {
   const name = engineName(engine);
   card.dataset.health = engine.health_status;
   setText(card.querySelector('.name'), name);
@@ -144,6 +176,7 @@ function updateEngine(card, { engine, checks }) {
   setText(card.querySelector('.error'), error);
   card.querySelector('.check').setAttribute('aria-label', `Check ${name} now`);
   card.querySelector('.delete').setAttribute('aria-label', `Delete ${name}`);
+  updateEngineVpn(card, engine, nodes);
 }
 
 /** One tick per recent check, oldest on the left: a flapping engine shows as a striped strip. */
@@ -166,13 +199,81 @@ export function renderEngines(snapshot) {
   const container = $('engines');
   // By name, "engine-2" before "engine-10": a stable order, so cards do not
   // jump around when their health changes.
+  const nodes = new Map((snapshot.vpn_nodes ?? []).map((n) => [n.name, n]));
   const items = snapshot.engines
-    .map((engine) => ({ engine, checks: snapshot.recent_checks?.[engine.container_id] ?? [] }))
+    .map((engine) => ({ engine, checks: snapshot.recent_checks?.[engine.container_id] ?? [], nodes }))
     .sort((a, b) => byName.compare(engineName(a.engine), engineName(b.engine))
       || byName.compare(a.engine.container_id, b.engine.container_id));
   // The first child is the header row of the "rows" layout.
   reconcile(container, items, (item) => item.engine.container_id, createEngine, updateEngine, 1);
   $('engines-empty').hidden = items.length > 0;
+}
+
+// ---- VPN nodes ---------------------------------------------------------------
+
+function createNode(node, id) {
+  const card = el('article', 'vpn-node');
+  card.dataset.id = id;
+  const badge = el('span', 'badge');
+  badge.append(el('span', 'dot'), el('span', 'word'));
+  const head = el('div', 'head');
+  head.append(el('h3', 'node-name'), badge);
+  const engines = el('div', 'field node-engines');
+  engines.append(el('span', 'label', 'Engines behind it'), el('ul', 'node-engine-list'));
+  card.append(
+    head,
+    field('Public IP', el('span', 'public-ip')),
+    field('Forwarded port', el('span', 'forwarded-port')),
+    field('Healthy for', timeEl('since node-since')),
+    field('Container health', el('span', 'docker-health')),
+    el('p', 'error'),
+    engines,
+  );
+  return card;
+}
+
+function updateNode(card, { node, engines }) {
+  const down = node.health_status === 'unhealthy';
+  card.dataset.health = node.health_status;
+  setText(card.querySelector('.node-name'), node.name);
+  setText(card.querySelector('.badge .word'), down ? 'down' : node.health_status);
+  const reason = node.last_transition ? `: ${node.last_transition.reason}` : '';
+  card.querySelector('.badge').title = `${node.health_status}${node.health_since ? ` since ${fullTime(node.health_since)}` : ''}${reason}`;
+  const ip = node.public_ip ? `${node.public_ip}${node.country ? ` (${node.country})` : ''}` : '–';
+  setText(card.querySelector('.public-ip'), ip);
+  setText(card.querySelector('.forwarded-port'), node.forwarded_port == null ? '–' : String(node.forwarded_port));
+  const sinceEl = card.querySelector('.node-since');
+  setText(sinceEl.parentElement.querySelector('.label'), down ? 'Down for' : node.health_status === 'healthy' ? 'Healthy for' : 'Unknown for');
+  setTime(sinceEl, node.health_since);
+  setText(card.querySelector('.docker-health'), node.docker_health || '–');
+  // The reason it is down (or failing checks below the threshold).
+  setText(card.querySelector('.error'), node.health_status === 'healthy' ? '' : node.last_health_error || '');
+
+  const list = card.querySelector('.node-engine-list');
+  const items = node.engines.map((id) => ({ id, engine: engines.get(id) }));
+  const signature = `${down}|${items.map(({ id, engine }) => `${id}:${engine ? `${engineName(engine)}:${engine.health_status}` : ''}`).join('|')}`;
+  if (list.dataset.for === signature) return;
+  list.dataset.for = signature;
+  const entries = items.map(({ id, engine }) => {
+    const item = el('li', 'node-engine');
+    item.dataset.id = id;
+    item.dataset.health = engine?.health_status ?? 'unknown';
+    item.dataset.vpnDown = String(down);
+    const name = el('span', 'engine-name', engine ? engineName(engine) : id);
+    name.title = id;
+    item.append(el('span', 'dot'), name);
+    if (down) item.append(el('span', 'vpn-down', 'VPN down'));
+    return item;
+  });
+  if (!entries.length) entries.push(el('li', 'empty', 'None'));
+  list.replaceChildren(...entries);
+}
+
+export function renderVpnNodes(snapshot) {
+  const nodes = snapshot.vpn_nodes ?? [];
+  const engines = new Map(snapshot.engines.map((e) => [e.container_id, e]));
+  $('vpn').hidden = nodes.length === 0;
+  reconcile($('vpn-nodes'), nodes.map((node) => ({ node, engines })), (item) => item.node.name, createNode, updateNode);
 }
 
 // ---- streams ---------------------------------------------------------------
