@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{docker, wait_for, LabelCleanup, Orch, Sim};
+use common::{wait_for, LabelCleanup, Orch, Sim};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -728,26 +728,6 @@ async fn the_dashboard_shows_the_pool_and_follows_it_live() {
     assert!(errors.is_empty(), "the console shows errors: {errors:#?}");
 }
 
-/// A 6-second H.264/AAC test video for the emulated engines, made once per run
-/// by scripts/make-test-video (as tests/proxy.rs does, under its own name).
-fn test_video() -> &'static str {
-    static VIDEO: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    VIDEO.get_or_init(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/make-test-video");
-        let out = format!("{}/panel-test-6s.ts", env!("CARGO_TARGET_TMPDIR"));
-        let made = std::process::Command::new(script)
-            .args([&out, "6"])
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-        assert!(
-            made.status.success(),
-            "{script} failed: {}\nThis test needs ffmpeg: apt-get install ffmpeg",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        out
-    })
-}
-
 /// A player reading `url` in the background until it is aborted (or dropped
 /// with the runtime).
 async fn open_player(client: &reqwest::Client, url: String) -> tokio::task::JoinHandle<()> {
@@ -762,9 +742,9 @@ async fn proxied_streams_show_viewers_player_url_and_failovers() {
         return;
     }
     const CONTENT: &str = "0123456789abcdef0123456789abcdef01234567";
-    let video = test_video();
+    let video = common::test_video(6);
     let dir = tempfile::tempdir().unwrap();
-    let sim = Sim::start_with(&["--count", "2", "--ts-file", video]).await;
+    let sim = Sim::start_with(&["--count", "2", "--ts-file", &video]).await;
     // No sweeps: what marks the hung engine is the proxy's own check.
     let orch = Orch::start(
         dir.path(),
@@ -1241,86 +1221,28 @@ impl EventReader {
     }
 }
 
-/// The Gluetun emulator's image, built once per test run.
-fn ensure_gluetun_image() {
-    static BUILT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let ok = *BUILT.get_or_init(|| {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../scripts/gluetun-sim-image"
-        );
-        std::process::Command::new(script)
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    assert!(
-        ok,
-        "scripts/gluetun-sim-image failed; the VPN test needs acestream-gluetun-sim:latest"
-    );
-}
-
-/// Drops or restores a Gluetun emulator's tunnel through its control server.
-async fn set_tunnel(port: u16, key: &str, status: &str) {
-    let response = reqwest::Client::new()
-        .put(format!("http://127.0.0.1:{port}/v1/vpn/status"))
-        .header("X-API-Key", key)
-        .json(&json!({ "status": status }))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vpn_node_shows_its_engines_and_turns_red_when_its_tunnel_drops() {
     if skipped() {
         return;
     }
     const KEY: &str = "panel-vpn-key";
-    ensure_gluetun_image();
-    let tag = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-            % 1_000_000_007
-    );
-    let label = format!("paneltest-vpn-label-{tag}");
+    let label = common::unique("panel-vpn-label");
     let _cleanup = LabelCleanup {
         label: label.clone(),
         pid: None,
     };
-    let node = format!("paneltest-vpn-{tag}");
-    let auth =
-        format!(r#"HTTP_CONTROL_SERVER_AUTH_DEFAULT_ROLE={{"auth":"apikey","apikey":"{KEY}"}}"#);
-    let id = docker(&[
-        "run",
-        "-d",
-        "--name",
-        &node,
-        "--label",
+    let gluetun = common::GluetunNode::start(
+        &common::unique("panel-vpn"),
         &label,
-        "-p",
-        "127.0.0.1::8000",
-        "-e",
-        &auth,
-        "-e",
-        "GLUETUN_SIM_COUNTRY=Sweden",
-        "-e",
-        "GLUETUN_SIM_FORWARDED_PORT=41234",
-        "acestream-gluetun-sim:latest",
-    ]);
-    assert!(!id.is_empty(), "docker run {node} failed");
-    let mapped = docker(&["port", &node, "8000/tcp"]);
-    let control: u16 = mapped
-        .lines()
-        .next()
-        .and_then(|l| l.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no published port for {node}: {mapped}"));
+        KEY,
+        &[
+            "GLUETUN_SIM_COUNTRY=Sweden",
+            "GLUETUN_SIM_FORWARDED_PORT=41234",
+        ],
+        &[],
+    );
+    let node = gluetun.name.clone();
 
     let dir = tempfile::tempdir().unwrap();
     let orch = Orch::start(
@@ -1388,7 +1310,7 @@ async fn a_vpn_node_shows_its_engines_and_turns_red_when_its_tunnel_drops() {
         "no error on a healthy node"
     );
 
-    set_tunnel(control, KEY, "stopped").await;
+    gluetun.set_tunnel("stopped").await;
     browser
         .wait(
             "the node down in red, its engine marked",
@@ -1417,7 +1339,7 @@ async fn a_vpn_node_shows_its_engines_and_turns_red_when_its_tunnel_drops() {
     assert_eq!(greyed, "0.5", "the engine behind a down node is greyed");
     browser.screenshot("panel-vpn-down.png").await;
 
-    set_tunnel(control, KEY, "running").await;
+    gluetun.set_tunnel("running").await;
     browser
         .wait(
             "the node healthy again",

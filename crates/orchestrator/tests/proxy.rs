@@ -4,32 +4,12 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{wait_for, Orch, Sim};
+use common::{test_video, wait_for, Orch, Sim};
 use serde_json::Value;
 
 const CONTENT: &str = "0123456789abcdef0123456789abcdef01234567";
-
-/// A 6-second test video, made once per run by scripts/make-test-video.
-fn test_video() -> &'static str {
-    static VIDEO: OnceLock<String> = OnceLock::new();
-    VIDEO.get_or_init(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/make-test-video");
-        let out = format!("{}/proxy-test-6s.ts", env!("CARGO_TARGET_TMPDIR"));
-        let made = std::process::Command::new(script)
-            .args([&out, "6"])
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-        assert!(
-            made.status.success(),
-            "{script} failed: {}\nThe proxy tests need ffmpeg: apt-get install ffmpeg (scripts/test installs it)",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        out
-    })
-}
 
 /// One player: reads the stream in the background, keeps every byte and the
 /// longest wait between two reads.
@@ -142,9 +122,9 @@ fn decode(bytes: &[u8], dir: &std::path::Path, name: &str) -> (u64, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_share_one_session_and_survive_a_hung_engine() {
-    let video = test_video();
+    let video = test_video(6);
     let dir = tempfile::tempdir().unwrap();
-    let sim = Sim::start_with(&["--count", "2", "--ts-file", video]).await;
+    let sim = Sim::start_with(&["--count", "2", "--ts-file", &video]).await;
     let orch = Orch::start(
         dir.path(),
         &[
@@ -352,10 +332,10 @@ async fn setup(
     sim_args: &[&str],
     env: &[(&str, &str)],
 ) -> (tempfile::TempDir, Sim, Orch, Vec<String>) {
-    let video = test_video();
+    let video = test_video(6);
     let dir = tempfile::tempdir().unwrap();
     let count_text = count.to_string();
-    let mut args = vec!["--count", &count_text, "--ts-file", video];
+    let mut args = vec!["--count", &count_text, "--ts-file", &video];
     args.extend_from_slice(sim_args);
     let sim = Sim::start_with(&args).await;
     let mut all_env = vec![

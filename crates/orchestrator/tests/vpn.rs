@@ -4,109 +4,13 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{docker, wait_for, LabelCleanup, Orch, Sim};
+use common::{docker, test_video, unique, wait_for, GluetunNode, LabelCleanup, Orch, Sim};
 use serde_json::{json, Value};
 
-const IMAGE: &str = "acestream-gluetun-sim:latest";
 const KEY: &str = "vpn-test-key";
 const CONTENT: &str = "89abcdef0123456789abcdef0123456789abcdef";
-
-fn ensure_gluetun_image() {
-    static BUILT: OnceLock<bool> = OnceLock::new();
-    let ok = *BUILT.get_or_init(|| {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../scripts/gluetun-sim-image"
-        );
-        std::process::Command::new(script)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    assert!(
-        ok,
-        "scripts/gluetun-sim-image failed; the VPN tests need {IMAGE}"
-    );
-}
-
-/// A Gluetun node: the emulator in a container of its own, its control
-/// server published on a loopback port.
-struct Node {
-    name: String,
-    port: u16,
-}
-
-impl Node {
-    fn start(name: &str, label: &str, env: &[&str]) -> Node {
-        Self::start_publishing(name, label, env, &[])
-    }
-
-    /// [`Node::start`], with more `docker run` arguments (engine ports).
-    fn start_publishing(name: &str, label: &str, env: &[&str], extra: &[&str]) -> Node {
-        ensure_gluetun_image();
-        let auth = format!(
-            r#"HTTP_CONTROL_SERVER_AUTH_DEFAULT_ROLE={{"auth":"apikey","apikey":"{KEY}"}}"#
-        );
-        let mut args = vec![
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--label",
-            label,
-            "-p",
-            "127.0.0.1::8000",
-            "-e",
-            &auth,
-        ];
-        for e in env {
-            args.extend(["-e", e]);
-        }
-        args.extend_from_slice(extra);
-        args.push(IMAGE);
-        let id = docker(&args);
-        assert!(!id.is_empty(), "docker run {name} failed");
-        let mapped = docker(&["port", name, "8000/tcp"]);
-        let port = mapped
-            .lines()
-            .next()
-            .and_then(|l| l.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no published port for {name}: {mapped}"));
-        Node {
-            name: name.to_owned(),
-            port,
-        }
-    }
-
-    /// Drops or restores the tunnel, as one does with the real Gluetun.
-    async fn set_tunnel(&self, status: &str) {
-        let response = reqwest::Client::new()
-            .put(format!("http://127.0.0.1:{}/v1/vpn/status", self.port))
-            .header("X-API-Key", KEY)
-            .json(&json!({ "status": status }))
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "{}", response.status());
-    }
-}
-
-fn unique(what: &str) -> String {
-    format!("vpntest-{what}-{}-{}", std::process::id(), uuid_ish())
-}
-
-fn uuid_ish() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        % 1_000_000_007
-}
 
 async fn node_view(orch: &Orch, name: &str) -> Value {
     let (_, nodes) = orch.get("/vpn/nodes").await;
@@ -142,24 +46,6 @@ async fn register_behind(orch: &Orch, port: u16, node: &str) -> String {
     engine["container_id"].as_str().unwrap().to_owned()
 }
 
-fn test_video() -> &'static str {
-    static VIDEO: OnceLock<String> = OnceLock::new();
-    VIDEO.get_or_init(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/make-test-video");
-        let out = format!("{}/vpn-test-4s.ts", env!("CARGO_TARGET_TMPDIR"));
-        let made = std::process::Command::new(script)
-            .args([&out, "4"])
-            .output()
-            .unwrap();
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        out
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_tunnel_takes_its_engines_out_and_moves_their_streams() {
     let label = unique("label");
@@ -168,9 +54,9 @@ async fn a_dropped_tunnel_takes_its_engines_out_and_moves_their_streams() {
         pid: None,
     };
     let (a, b) = (unique("a"), unique("b"));
-    let node_a = Node::start(&a, &label, &["GLUETUN_SIM_FORWARDED_PORT=41234"]);
-    let node_b = Node::start(&b, &label, &["GLUETUN_SIM_COUNTRY=Sweden"]);
-    let sim = Sim::start_with(&["--count", "2", "--ts-file", test_video()]).await;
+    let node_a = GluetunNode::start(&a, &label, KEY, &["GLUETUN_SIM_FORWARDED_PORT=41234"], &[]);
+    let node_b = GluetunNode::start(&b, &label, KEY, &["GLUETUN_SIM_COUNTRY=Sweden"], &[]);
+    let sim = Sim::start_with(&["--count", "2", "--ts-file", &test_video(4)]).await;
     let dir = tempfile::tempdir().unwrap();
     let nodes = format!("{},{}", node_a.name, node_b.name);
     let orch = Orch::start(
@@ -322,9 +208,9 @@ async fn a_node_with_a_bad_key_garbage_or_no_answer_is_unhealthy_with_a_clear_re
     let garbage = unique("garbage");
     let hung = unique("hung");
     let missing = unique("missing");
-    let _w = Node::start(&wrong_key, &label, &[]);
-    let _g = Node::start(&garbage, &label, &["GLUETUN_SIM_MODE=garbage"]);
-    let _h = Node::start(&hung, &label, &["GLUETUN_SIM_MODE=hang"]);
+    let _w = GluetunNode::start(&wrong_key, &label, KEY, &[], &[]);
+    let _g = GluetunNode::start(&garbage, &label, KEY, &["GLUETUN_SIM_MODE=garbage"], &[]);
+    let _h = GluetunNode::start(&hung, &label, KEY, &["GLUETUN_SIM_MODE=hang"], &[]);
     let dir = tempfile::tempdir().unwrap();
     let nodes = format!("{wrong_key},{garbage},{hung},{missing}");
     // A wrong key is one orchestrator's mistake; the other faults are the
@@ -390,9 +276,10 @@ async fn engines_are_started_inside_a_node_reached_through_its_ports_and_adopted
     let name = unique("node");
     // The node publishes its control server and two ports for engines, the
     // way a Gluetun compose entry does.
-    let _node = Node::start_publishing(
+    let _node = GluetunNode::start(
         &name,
         &label,
+        KEY,
         &["GLUETUN_SIM_FORWARDED_PORT=41234"],
         &["-p", "127.0.0.1:21400-21401:21400-21401"],
     );
@@ -505,13 +392,14 @@ async fn node_with_engines(
     label: &str,
     ports: &str,
     extra_env: &[(&str, &str)],
-) -> (Node, tempfile::TempDir, Orch, LabelCleanup) {
+) -> (GluetunNode, tempfile::TempDir, Orch, LabelCleanup) {
     common::ensure_engine_image();
     let name = unique("node");
     let publish = format!("127.0.0.1:{ports}:{ports}");
-    let node = Node::start_publishing(
+    let node = GluetunNode::start(
         &name,
         label,
+        KEY,
         &["GLUETUN_SIM_FORWARDED_PORT=41234"],
         &["-p", &publish],
     );
@@ -574,14 +462,8 @@ async fn a_new_forwarded_port_replaces_the_engine_that_had_the_old_one() {
     assert_eq!(p2p.as_deref(), Some("41234"));
 
     // The provider forwards another port now (Gluetun's own route).
-    let response = reqwest::Client::new()
-        .put(format!("http://127.0.0.1:{}/v1/portforward", node.port))
-        .header("X-API-Key", KEY)
-        .json(&json!({ "ports": [41999] }))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
+    node.put("/v1/portforward", json!({ "ports": [41999] }))
+        .await;
     let (second, p2p) = wait_for("the engine replaced", Duration::from_secs(60), || async {
         let (id, p2p) = the_engine(&orch, &node.name, "one engine").await;
         (id != first).then_some((id, p2p))

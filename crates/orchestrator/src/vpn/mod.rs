@@ -117,34 +117,23 @@ impl Shown {
     }
 }
 
-/// A node as `GET /vpn/nodes` shows it.
+/// A node as `GET /vpn/nodes` shows it: its summary, where it was reached,
+/// and its histories.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeView {
-    /// The node's container name.
-    pub name: String,
+    #[serde(flatten)]
+    pub summary: NodeSummary,
     pub container_id: Option<String>,
     /// Where its control server was reached.
     pub control_url: Option<String>,
-    pub health_status: HealthStatus,
-    pub health_since: Option<Timestamp>,
-    pub last_health_check: Option<Timestamp>,
-    pub consecutive_failures: u32,
-    pub last_health_error: Option<String>,
-    /// The container's own `HEALTHCHECK` result, when it has one.
-    pub docker_health: Option<String>,
-    pub public_ip: Option<String>,
-    pub country: Option<String>,
-    pub forwarded_port: Option<u16>,
-    /// Engines behind this node (label `acestream.vpn_node`).
-    pub engines: Vec<String>,
     /// Newest first.
     pub transitions: Vec<HealthTransition>,
     /// Newest first.
     pub checks: Vec<NodeCheck>,
 }
 
-/// A node as the dashboard's snapshot carries it: [`NodeView`] without its
-/// histories, with only the newest transition.
+/// A node at a glance, as the dashboard's snapshot carries it (and the first
+/// part of a [`NodeView`]): no histories, only the newest transition.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeSummary {
     /// The node's container name.
@@ -505,49 +494,30 @@ impl Vpn {
         self.nodes
             .read()
             .iter()
-            .map(|(name, node)| NodeSummary {
-                name: name.clone(),
-                health_status: node.status,
-                health_since: node.since,
-                last_health_check: node.last_check,
-                consecutive_failures: node.consecutive_failures,
-                last_health_error: node.last_error.clone(),
-                docker_health: node.docker_health.clone(),
-                public_ip: node.report.public_ip.clone(),
-                country: node.report.country.clone(),
-                forwarded_port: node.report.forwarded_port,
-                engines: Vec::new(),
-                last_transition: node.transitions.back().cloned(),
-            })
+            .map(|(name, node)| summary(name, node))
             .collect()
     }
 
     /// Every node, for `GET /vpn/nodes`.
     pub fn nodes(&self) -> Vec<NodeView> {
-        let snapshot: Vec<(String, Node)> = self
+        let views: Vec<NodeView> = self
             .nodes
             .read()
             .iter()
-            .map(|(name, node)| (name.clone(), node.clone()))
-            .collect();
-        snapshot
-            .into_iter()
             .map(|(name, node)| NodeView {
-                engines: self.engines_behind(&name),
-                name,
-                container_id: node.container_id,
-                control_url: node.control_url,
-                health_status: node.status,
-                health_since: node.since,
-                last_health_check: node.last_check,
-                consecutive_failures: node.consecutive_failures,
-                last_health_error: node.last_error,
-                docker_health: node.docker_health,
-                public_ip: node.report.public_ip,
-                country: node.report.country,
-                forwarded_port: node.report.forwarded_port,
-                transitions: node.transitions.into_iter().rev().collect(),
-                checks: node.checks.into_iter().rev().collect(),
+                summary: summary(name, node),
+                container_id: node.container_id.clone(),
+                control_url: node.control_url.clone(),
+                transitions: node.transitions.iter().rev().cloned().collect(),
+                checks: node.checks.iter().rev().cloned().collect(),
+            })
+            .collect();
+        // The engines come from the registry, read after the node lock is gone.
+        views
+            .into_iter()
+            .map(|mut view| {
+                view.summary.engines = self.engines_behind(&view.summary.name);
+                view
             })
             .collect()
     }
@@ -581,6 +551,25 @@ impl Vpn {
             last_check: node.last_check,
             public_ip: node.report.public_ip,
         }
+    }
+}
+
+/// A node's summary; its `engines` are filled in by the caller, from the
+/// registry (never read under the node lock).
+fn summary(name: &str, node: &Node) -> NodeSummary {
+    NodeSummary {
+        name: name.to_owned(),
+        health_status: node.status,
+        health_since: node.since,
+        last_health_check: node.last_check,
+        consecutive_failures: node.consecutive_failures,
+        last_health_error: node.last_error.clone(),
+        docker_health: node.docker_health.clone(),
+        public_ip: node.report.public_ip.clone(),
+        country: node.report.country.clone(),
+        forwarded_port: node.report.forwarded_port,
+        engines: Vec::new(),
+        last_transition: node.transitions.back().cloned(),
     }
 }
 

@@ -478,3 +478,112 @@ impl Drop for LabelCleanup {
         self.remove_all();
     }
 }
+
+/// A short H.264/AAC test video (`seconds` long) for emulated engines, made
+/// once per test run by scripts/make-test-video (which needs ffmpeg; the
+/// test command installs it).
+pub fn test_video(seconds: u32) -> String {
+    static VIDEOS: OnceLock<Mutex<std::collections::BTreeMap<u32, String>>> = OnceLock::new();
+    let mut videos = VIDEOS.get_or_init(Default::default).lock();
+    videos
+        .entry(seconds)
+        .or_insert_with(|| {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/make-test-video");
+            let out = format!("{}/test-video-{seconds}s.ts", env!("CARGO_TARGET_TMPDIR"));
+            let made = std::process::Command::new(script)
+                .args([&out, &seconds.to_string()])
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+            assert!(
+                made.status.success(),
+                "{script} failed: {}\nThe video tests need ffmpeg: apt-get install ffmpeg (scripts/test installs it)",
+                String::from_utf8_lossy(&made.stderr)
+            );
+            out
+        })
+        .clone()
+}
+
+/// A name no other test (or run) uses.
+pub fn unique(what: &str) -> String {
+    format!("test-{what}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The Gluetun emulator's image, built once per test process.
+pub fn ensure_gluetun_image() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    ensure_image(&BUILT, "gluetun-sim-image");
+}
+
+/// A Gluetun node: the Gluetun emulator (acestream-gluetun-sim) in a
+/// container of its own, its control server published on a loopback port
+/// and protected by `key`. Removed with the containers of its label.
+pub struct GluetunNode {
+    pub name: String,
+    /// The control server's port on the host.
+    pub port: u16,
+    key: String,
+}
+
+impl GluetunNode {
+    /// `env`: `KEY=value` for the emulator; `extra`: more `docker run`
+    /// arguments (engine ports to publish).
+    pub fn start(name: &str, label: &str, key: &str, env: &[&str], extra: &[&str]) -> GluetunNode {
+        ensure_gluetun_image();
+        let auth = format!(
+            r#"HTTP_CONTROL_SERVER_AUTH_DEFAULT_ROLE={{"auth":"apikey","apikey":"{key}"}}"#
+        );
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--label",
+            label,
+            "-p",
+            "127.0.0.1::8000",
+            "-e",
+            &auth,
+        ];
+        for e in env {
+            args.extend(["-e", e]);
+        }
+        args.extend_from_slice(extra);
+        args.push("acestream-gluetun-sim:latest");
+        assert!(!docker(&args).is_empty(), "docker run {name} failed");
+        let mapped = docker(&["port", name, "8000/tcp"]);
+        let port = mapped
+            .lines()
+            .next()
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no published port for {name}: {mapped}"));
+        GluetunNode {
+            name: name.to_owned(),
+            port,
+            key: key.to_owned(),
+        }
+    }
+
+    /// Drops or restores the tunnel, as one does with the real Gluetun.
+    pub async fn set_tunnel(&self, status: &str) {
+        self.put("/v1/vpn/status", json!({ "status": status }))
+            .await;
+    }
+
+    /// A PUT to the control server, with the key.
+    pub async fn put(&self, path: &str, body: Value) {
+        let response = reqwest::Client::new()
+            .put(format!("http://127.0.0.1:{}{path}", self.port))
+            .header("X-API-Key", &self.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "PUT {path}: {}",
+            response.status()
+        );
+    }
+}
