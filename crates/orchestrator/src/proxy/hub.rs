@@ -473,7 +473,16 @@ impl EngineSource {
         }
         let stream = response
             .bytes_stream()
-            .map(|chunk| chunk.map_err(std::io::Error::other));
+            // Said the way health histories say it ("answer was cut off",
+            // "connection refused"), not in reqwest's words.
+            .map(move |chunk| {
+                chunk.map_err(|e| {
+                    std::io::Error::other(format!(
+                        "the engine's stream broke: {}",
+                        EngineError::from_request(&e, timeout)
+                    ))
+                })
+            });
         Ok(Source {
             engine: engine_id.to_owned(),
             stream: Box::pin(stream),
