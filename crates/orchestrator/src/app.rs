@@ -18,6 +18,7 @@ use crate::pool::Pool;
 use crate::proxy::hub::{Proxy, ProxySettings};
 use crate::proxy::SessionConfig;
 use crate::registry::Registry;
+use crate::retention::{self, CleanupSettings};
 use crate::runtime::DockerRuntime;
 use crate::service::{Orchestrator, Settings};
 use crate::store::Store;
@@ -39,6 +40,7 @@ pub struct App {
     vpn: Arc<Vpn>,
     stream_token: Option<Arc<str>>,
     api_key: Option<Arc<str>>,
+    cleanup: CleanupSettings,
 }
 
 impl App {
@@ -85,6 +87,7 @@ impl App {
             vpn,
             stream_token: config.stream_token.as_deref().map(Arc::from),
             api_key: config.api_key.as_deref().map(Arc::from),
+            cleanup: CleanupSettings::from_config(config),
         })
     }
 
@@ -114,6 +117,10 @@ impl App {
         tasks.spawn(
             collector::run(self.orch.clone(), shutdown.clone())
                 .instrument(tracing::info_span!("collector")),
+        );
+        tasks.spawn(
+            retention::run(self.orch.clone(), self.cleanup, shutdown.clone())
+                .instrument(tracing::info_span!("db_cleanup")),
         );
         tasks.spawn(
             maintenance(self.orch.clone(), shutdown.clone())

@@ -200,7 +200,22 @@ pub struct Config {
     )]
     pub stats_history_max: usize,
 
-    /// Ended streams kept in memory for `GET /streams` (all stay in the database).
+    /// Days an ended stream and its stat snapshots are kept in the database
+    /// (0 keeps them forever).
+    #[arg(
+        long,
+        env = "STREAMS_RETENTION_DAYS",
+        value_name = "STREAMS_RETENTION_DAYS",
+        default_value_t = 30
+    )]
+    pub streams_retention_days: u32,
+
+    /// Seconds between two database clean-ups (expired streams, then giving
+    /// freed space back); one also runs at start.
+    #[arg(long, env = "DB_CLEANUP_INTERVAL_S", value_name = "DB_CLEANUP_INTERVAL_S", default_value = "3600", value_parser = parse_seconds)]
+    pub db_cleanup_interval_s: f64,
+
+    /// Ended streams kept in memory for `GET /streams` (the database keeps them for `STREAMS_RETENTION_DAYS`).
     #[arg(
         long,
         env = "ENDED_STREAMS_MAX",
