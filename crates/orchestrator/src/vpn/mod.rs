@@ -11,6 +11,7 @@
 //! engines are checked at once and rejoin.
 
 pub mod client;
+pub mod credentials;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, OnceLock, Weak};
