@@ -930,3 +930,67 @@ async fn a_node_down_past_the_grace_period_is_replaced_on_another_credential() {
     );
     assert!(orch.logs().contains("is not leased again"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_nodes_fill_first_and_on_demand_nodes_take_the_rest() {
+    let label = unique("label");
+    let _static_cleanup = LabelCleanup {
+        label: label.clone(),
+        pid: None,
+    };
+    common::ensure_gluetun_image();
+    let static_name = unique("static");
+    let _static = GluetunNode::start(
+        &static_name,
+        &label,
+        KEY,
+        &[],
+        &["-p", "127.0.0.1:21600:21600"],
+    );
+    let (t, written) = on_demand(
+        "21620-21639",
+        &[("a", 41)],
+        &[
+            ("GLUETUN_CONTAINER_NAME", static_name.as_str()),
+            ("MIN_REPLICAS", "2"),
+            ("AUTOSCALE_INTERVAL_S", "0.5"),
+        ],
+    )
+    .await;
+    let orch = &t.orch;
+    let shown = wait_for(
+        "an engine behind the static node and one behind a node on demand",
+        Duration::from_secs(90),
+        || async {
+            let shown = nodes(orch).await;
+            if shown.len() != 2 {
+                return None;
+            }
+            for node in &shown {
+                if engines_behind(orch, node["name"].as_str()?).await.len() != 1 {
+                    return None;
+                }
+            }
+            Some(shown)
+        },
+    )
+    .await;
+    let fixed = shown
+        .iter()
+        .find(|n| n["name"] == static_name.as_str())
+        .unwrap();
+    assert_eq!(fixed["kind"], "static", "{fixed}");
+    assert!(fixed["credential"].is_null(), "{fixed}");
+    let created = shown
+        .iter()
+        .find(|n| n["name"] != static_name.as_str())
+        .unwrap();
+    assert_eq!(created["kind"], "on_demand", "{created}");
+    assert_eq!(created["credential"], written[0].0.as_str());
+    let (_, status) = orch.get("/vpn/status").await;
+    assert_eq!(
+        status["container_name"],
+        static_name.as_str(),
+        "the first static node"
+    );
+}
