@@ -68,8 +68,13 @@ impl App {
         let proxy = Proxy::new(orch.clone(), proxy_settings(config));
         let vpn = Vpn::new(vpn_settings(config), runtime_for_vpn, orch.clone());
         vpn.set_pool(&pool);
-        // Adopt what already runs before answering anyone; a daemon that is down
-        // now is retried by the reconciler.
+        pool.set_vpn(&vpn);
+        // Adopt what already runs before answering anyone (the nodes we
+        // created with their leases first, then the engines); a daemon that
+        // is down now is retried by the reconciler.
+        if let Err(error) = pool.adopt_nodes().await {
+            tracing::warn!(%error, "container runtime not reachable at start-up; the VPN nodes we created are not adopted");
+        }
         if let Err(error) = pool.resync().await {
             tracing::warn!(%error, "container runtime not reachable at start-up; engines we run will be adopted once it is");
         }
@@ -199,6 +204,7 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
 pub fn vpn_settings(config: &Config) -> VpnSettings {
     VpnSettings {
         nodes: config.vpn_nodes(),
+        on_demand: config.vpn_configs_dir.is_some(),
         api_key: config.gluetun_api_key.clone(),
         control_port: config.gluetun_control_port,
         interval: Duration::from_secs_f64(config.vpn_check_interval_s),

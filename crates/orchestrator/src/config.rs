@@ -357,6 +357,49 @@ pub struct Config {
     #[arg(long, env = "VPN_CHECK_INTERVAL_S", value_name = "VPN_CHECK_INTERVAL_S", default_value = "5", value_parser = parse_seconds)]
     pub vpn_check_interval_s: f64,
 
+    /// A directory of WireGuard `.conf` files, one credential each: the
+    /// orchestrator creates Gluetun nodes with them as engines need them.
+    #[arg(long, env = "VPN_CONFIGS_DIR", value_name = "VPN_CONFIGS_DIR")]
+    pub vpn_configs_dir: Option<PathBuf>,
+
+    /// The image of the Gluetun nodes the orchestrator creates.
+    #[arg(
+        long,
+        env = "GLUETUN_IMAGE",
+        value_name = "GLUETUN_IMAGE",
+        default_value = "qmcgaw/gluetun"
+    )]
+    pub gluetun_image: String,
+
+    /// The TUN device given to the Gluetun nodes the orchestrator creates
+    /// (host path, mapped to the same path); empty: none.
+    #[arg(
+        long,
+        env = "GLUETUN_TUN_DEVICE",
+        value_name = "GLUETUN_TUN_DEVICE",
+        default_value = "/dev/net/tun"
+    )]
+    pub gluetun_tun_device: String,
+
+    /// Seconds a node the orchestrator created may stay down before it is
+    /// replaced by one on another credential.
+    #[arg(long, env = "VPN_UNHEALTHY_GRACE_PERIOD_S", value_name = "VPN_UNHEALTHY_GRACE_PERIOD_S", default_value = "120", value_parser = parse_non_negative_seconds)]
+    pub vpn_unhealthy_grace_period_s: f64,
+
+    /// Seconds a credential whose node failed (down past the grace period,
+    /// or never healthy) is not leased again.
+    #[arg(long, env = "VPN_CREDENTIAL_COOLDOWN_S", value_name = "VPN_CREDENTIAL_COOLDOWN_S", default_value = "600", value_parser = parse_non_negative_seconds)]
+    pub vpn_credential_cooldown_s: f64,
+
+    /// Seconds a node the orchestrator created lives without engines before
+    /// it is removed and its credential freed.
+    #[arg(long, env = "VPN_IDLE_GRACE_PERIOD_S", value_name = "VPN_IDLE_GRACE_PERIOD_S", default_value = "60", value_parser = parse_non_negative_seconds)]
+    pub vpn_idle_grace_period_s: f64,
+
+    /// Seconds a new node has to report its tunnel running.
+    #[arg(long, env = "VPN_STARTUP_TIMEOUT_S", value_name = "VPN_STARTUP_TIMEOUT_S", default_value = "60", value_parser = parse_seconds)]
+    pub vpn_startup_timeout_s: f64,
+
     /// Engine image.
     #[arg(
         long,
@@ -469,6 +512,7 @@ impl fmt::Debug for Config {
                 &self.gluetun_api_key.as_ref().map(|_| "<redacted>"),
             )
             .field("vpn_nodes", &self.vpn_nodes())
+            .field("vpn_configs_dir", &self.vpn_configs_dir)
             .field("db_url", &self.db_url)
             .field("health_check_interval_s", &self.health_check_interval_s)
             .field("health_check_timeout_s", &self.health_check_timeout_s)
@@ -558,6 +602,27 @@ impl Config {
                     "CORS_ALLOW_ORIGINS",
                     format!("'{origin}' is not an origin like https://panel.example.org"),
                 ));
+            }
+        }
+        if let Some(dir) = &self.vpn_configs_dir {
+            if !dir.is_dir() {
+                return Err(invalid(
+                    "VPN_CONFIGS_DIR",
+                    format!("'{}' is not a directory", dir.display()),
+                ));
+            }
+            // The nodes' control servers are published on the host: never
+            // without a key.
+            let has_key =
+                matches!(self.gluetun_api_key.as_deref(), Some(k) if !k.trim().is_empty());
+            if !has_key {
+                return Err(invalid(
+                    "GLUETUN_API_KEY",
+                    "is needed with VPN_CONFIGS_DIR: the control servers of the nodes the orchestrator creates are protected with it",
+                ));
+            }
+            if self.max_engines_per_vpn == 0 {
+                return Err(invalid("MAX_ENGINES_PER_VPN", "must be 1 or more"));
             }
         }
         self.db_path()?;
@@ -726,5 +791,27 @@ mod tests {
     fn debug_never_shows_the_key() {
         let c = parse(&["--api-key", "s3cret"]).unwrap();
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn on_demand_vpn_nodes_need_a_directory_and_a_control_server_key() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.gluetun_image, "qmcgaw/gluetun");
+        assert_eq!(c.gluetun_tun_device, "/dev/net/tun");
+        assert_eq!(c.vpn_unhealthy_grace_period_s, 120.0);
+        assert_eq!(c.vpn_credential_cooldown_s, 600.0);
+        assert!(c.vpn_configs_dir.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap();
+        let e = parse(&["--vpn-configs-dir", path]).unwrap_err();
+        assert!(
+            e.starts_with("GLUETUN_API_KEY: is needed with VPN_CONFIGS_DIR"),
+            "{e}"
+        );
+        parse(&["--vpn-configs-dir", path, "--gluetun-api-key", "k"]).unwrap();
+        let missing = format!("{path}/nope");
+        let e = parse(&["--vpn-configs-dir", &missing, "--gluetun-api-key", "k"]).unwrap_err();
+        assert!(e.starts_with("VPN_CONFIGS_DIR: "), "{e}");
+        assert!(e.contains("is not a directory"), "{e}");
     }
 }

@@ -54,6 +54,7 @@ fn settings(min_replicas: u32) -> PoolSettings {
         max_unhealthy_percent: 50,
         allowed_images: vec!["engine:test".into()],
         vpn: None,
+        on_demand: None,
     }
 }
 
@@ -168,6 +169,7 @@ fn engine_spec(name: &str, host_port: u16, label: Label) -> ContainerSpec {
         ]),
         ports: vec![PortMapping::published(40000, host_port)],
         network: None,
+        ..Default::default()
     }
 }
 

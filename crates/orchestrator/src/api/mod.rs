@@ -99,6 +99,7 @@ routes! {
     POST "/events/stream_ended" true => post(events::stream_ended);
     GET "/vpn/status" false => get(vpn::status);
     GET "/vpn/nodes" false => get(vpn::nodes);
+    GET "/vpn/credentials" false => get(vpn::credentials);
     GET "/metrics" false => get(system::metrics);
     GET "/openapi.json" false => get(system::openapi);
     GET "/health/live" false => get(system::live);

@@ -36,6 +36,7 @@ use super::{containers, engines, events, play, streams, system, vpn};
         play::getstream,
         vpn::status,
         vpn::nodes,
+        vpn::credentials,
         events::stream_started,
         events::stream_ended,
         system::metrics,

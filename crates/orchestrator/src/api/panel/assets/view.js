@@ -223,6 +223,7 @@ function createNode(node, id) {
   card.append(
     head,
     field('Public IP', el('span', 'public-ip')),
+    field('Credential', el('span', 'node-credential')),
     field('Forwarded port', el('span', 'forwarded-port')),
     field('Healthy for', timeEl('since node-since')),
     field('Container health', el('span', 'docker-health')),
@@ -241,6 +242,13 @@ function updateNode(card, { node, engines }) {
   card.querySelector('.badge').title = `${node.health_status}${node.health_since ? ` since ${fullTime(node.health_since)}` : ''}${reason}`;
   const ip = node.public_ip ? `${node.public_ip}${node.country ? ` (${node.country})` : ''}` : '–';
   setText(card.querySelector('.public-ip'), ip);
+  // A node the orchestrator created shows the credential it leases; a
+  // configured one says so.
+  const credential = card.querySelector('.node-credential');
+  setText(credential, node.kind === 'on_demand' ? (node.credential ?? '–') : 'static node');
+  credential.title = node.kind === 'on_demand'
+    ? `Created on demand with the WireGuard credential ${node.credential}.conf of VPN_CONFIGS_DIR`
+    : 'Named in GLUETUN_CONTAINER_NAME / GLUETUN_CONTAINERS';
   setText(card.querySelector('.forwarded-port'), node.forwarded_port == null ? '–' : String(node.forwarded_port));
   const sinceEl = card.querySelector('.node-since');
   setText(sinceEl.parentElement.querySelector('.label'), down ? 'Down for' : node.health_status === 'healthy' ? 'Healthy for' : 'Unknown for');
