@@ -159,14 +159,18 @@ impl Reconciler {
                     .orch
                     .read(|r| r.engine(&event.container_id).is_some())
                 {
-                    let _ = self
-                        .pool
-                        .orch
+                    let orch = self.pool.orch.clone();
+                    let _ = orch
                         .note(
                             &event.container_id,
                             format!("its container died (exit code {code}); the runtime starts a new one"),
                         )
                         .await;
+                    // Out of the selection now, not at the next sweep.
+                    tokio::spawn(async move {
+                        orch.check_engine(&event.container_id, CheckSource::Probe)
+                            .await;
+                    });
                 }
             }
             _ => {
