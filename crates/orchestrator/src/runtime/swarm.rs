@@ -158,6 +158,19 @@ impl SwarmRuntime {
         Ok(current)
     }
 
+    /// Every task of one service, whatever its state.
+    async fn service_tasks(&self, id: &str) -> Result<Vec<Task>, RuntimeError> {
+        let docker = self.docker.client().await?;
+        let filters = HashMap::from([("service", vec![id.to_owned()])]);
+        let options = ListTasksOptionsBuilder::default().filters(&filters).build();
+        self.call(
+            "task list",
+            docker.list_tasks(Some(options)),
+            &Subject::Daemon,
+        )
+        .await
+    }
+
     async fn inspect_service(&self, id: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
         let docker = self.docker.client().await?;
         let service = match self
@@ -208,13 +221,21 @@ impl SwarmRuntime {
                     spec.name
                 ))
             })?;
-            let failure = info.task.as_ref().and_then(|t| task_failure(&spec, t));
+            let watched = tokio::time::Instant::now() >= watch_until;
+            // Swarm shuts a rejected task down at once and starts another:
+            // the reason is on the old one, so look at all of them.
+            let failure = self
+                .service_tasks(&id)
+                .await?
+                .iter()
+                .map(|t| placement_of(t, &HashMap::new()))
+                .chain(info.task.clone())
+                .find_map(|t| task_failure(&spec, &t, watched));
             if let Some(error) = failure {
                 self.remove_quietly(&id, &spec.name).await;
                 return Err(error);
             }
-            if info.status == ContainerStatus::Running || tokio::time::Instant::now() >= watch_until
-            {
+            if info.status == ContainerStatus::Running || watched {
                 return Ok(info);
             }
             tokio::time::sleep(POLL).await;
@@ -578,8 +599,10 @@ fn info_from_service(
     }
 }
 
-/// A first task that cannot run, as the error the pool understands.
-fn task_failure(spec: &ContainerSpec, task: &TaskPlacement) -> Option<RuntimeError> {
+/// A first task that cannot run, as the error the pool understands. Once the
+/// watch is over (`watched`), a task still not on any node will not be: no
+/// node qualifies (ENGINE_PLACEMENT, limits above what nodes have).
+fn task_failure(spec: &ContainerSpec, task: &TaskPlacement, watched: bool) -> Option<RuntimeError> {
     let message = task.message.to_ascii_lowercase();
     if message.contains("no such image") {
         return Some(RuntimeError::ImageNotFound(spec.image.clone()));
@@ -588,6 +611,16 @@ fn task_failure(spec: &ContainerSpec, task: &TaskPlacement) -> Option<RuntimeErr
         "rejected" | "failed" => Some(RuntimeError::Other(format!(
             "Swarm could not start service '{}': {}",
             spec.name, task.message
+        ))),
+        "new" | "allocated" | "pending" if watched => Some(RuntimeError::Other(format!(
+            "Swarm found no node for service '{}' within {}s: {}",
+            spec.name,
+            FIRST_TASK_WATCH.as_secs(),
+            if task.message.is_empty() {
+                "still pending"
+            } else {
+                &task.message
+            }
         ))),
         _ => None,
     }
@@ -780,22 +813,31 @@ mod tests {
         assert_eq!(
             task_failure(
                 &spec(),
-                &placement("rejected", "No such image: acestream/engine:latest")
+                &placement("rejected", "No such image: acestream/engine:latest"),
+                false
             ),
             Some(RuntimeError::ImageNotFound(
                 "acestream/engine:latest".into()
             ))
         );
         assert!(matches!(
-            task_failure(&spec(), &placement("failed", "task: non-zero exit (1)")),
+            task_failure(&spec(), &placement("failed", "task: non-zero exit (1)"), false),
             Some(RuntimeError::Other(m)) if m.contains("non-zero exit (1)")
         ));
         assert_eq!(
-            task_failure(&spec(), &placement("pending", "no suitable node")),
+            task_failure(&spec(), &placement("pending", "no suitable node"), false),
             None
         );
+        assert!(matches!(
+            task_failure(
+                &spec(),
+                &placement("pending", "no suitable node (scheduling constraints not satisfied on 1 node)"),
+                true
+            ),
+            Some(RuntimeError::Other(m)) if m.contains("no node for service 'engine-1'") && m.contains("constraints not satisfied")
+        ));
         assert_eq!(
-            task_failure(&spec(), &placement("running", "started")),
+            task_failure(&spec(), &placement("running", "started"), true),
             None
         );
     }
