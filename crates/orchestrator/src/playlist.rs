@@ -275,8 +275,13 @@ impl FetchPolicy {
             for _ in 0..=MAX_REDIRECTS {
                 let addr = self.check(&url).await?;
                 let mut client = reqwest::Client::builder()
+                    // Straight to the checked address: an HTTP_PROXY from
+                    // the environment would connect wherever it likes.
+                    .no_proxy()
                     .redirect(reqwest::redirect::Policy::none())
-                    .timeout(self.timeout)
+                    // The whole fetch is bounded below; this only keeps a
+                    // forgotten connection from living on.
+                    .timeout(self.timeout + Duration::from_secs(1))
                     .user_agent(concat!(
                         "acestream-orchestrator/",
                         env!("CARGO_PKG_VERSION")

@@ -129,8 +129,7 @@ pub async fn rewrite_posted(
     params(FetchQuery),
     responses(
         (status = 200, description = "The rewritten playlist.", content_type = "audio/x-mpegurl", body = String),
-        (status = 400, description = "No or a malformed `url`, a scheme other than http(s), a line over 16 KiB, a bad `format`.", body = super::error::Detail),
-        (status = 403, description = "The host is not allowed, or resolves to a private address.", body = super::error::Detail),
+        (status = 400, description = "No or a malformed `url`, a scheme other than http(s), a host not in PLAYLIST_ALLOWED_HOSTS or one that resolves to a private address, a line over 16 KiB, a bad `format`.", body = super::error::Detail),
         (status = 413, description = "The remote playlist is larger than 5 MiB.", body = super::error::Detail),
         (status = 415, description = "The remote playlist is not text.", body = super::error::Detail),
         (status = 502, description = "The remote host failed or answered an error.", body = super::error::Detail),
@@ -157,7 +156,8 @@ pub async fn rewrite_remote(
         .await
         .map_err(|e| match e {
             FetchError::BadUrl(_) => ApiError::BadRequest(e.to_string()),
-            FetchError::NotAllowed(_) => ApiError::Forbidden(e.to_string()),
+            // 400, not 403: 401/403 are the answers about credentials.
+            FetchError::NotAllowed(_) => ApiError::BadRequest(e.to_string()),
             FetchError::TooLarge(_) => {
                 ApiError::Status(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
             }

@@ -116,6 +116,11 @@ struct Building {
     /// Offset in `buf` of the PAT that began the latest run of PSI, while no
     /// packet of the timing PID has followed it: where a cut may go.
     psi_at: Option<usize>,
+    /// Offset in `buf` where the latest PES of the timing PID (a frame)
+    /// starts, and its PTS distance from the start: a segment closed by a
+    /// break ends before it, as that frame may have been cut off.
+    unit_at: Option<usize>,
+    unit_span: u64,
     discontinuity: bool,
 }
 
@@ -180,9 +185,16 @@ impl Segmenter {
     /// here, the PSI is learnt again, and the next segment starts a
     /// discontinuity at the next keyframe.
     pub fn break_here(&mut self, out: &mut Vec<Cut>) {
-        if let Some(b) = self.building.take() {
-            let span = b.span + self.frame;
-            out.push(b.finish(span));
+        if let Some(mut b) = self.building.take() {
+            // The old source stopped somewhere in its last frame (and in the
+            // audio around it): the segment ends where that frame began.
+            // With nothing but the keyframe, which may be cut off itself,
+            // there is no segment.
+            if let Some(at) = b.unit_at {
+                b.buf.truncate(at);
+                let span = b.unit_span;
+                out.push(b.finish(span));
+            }
         }
         self.discontinuity = self.started;
         self.pat = None;
@@ -254,6 +266,8 @@ impl Segmenter {
         if !due {
             b.span = b.span.max(span);
             b.psi_at = None;
+            b.unit_at = Some(b.buf.len());
+            b.unit_span = span;
             b.buf.extend_from_slice(p);
             return;
         }
@@ -280,6 +294,8 @@ impl Segmenter {
             start_pts: pts,
             span: 0,
             psi_at: None,
+            unit_at: None,
+            unit_span: 0,
             discontinuity: std::mem::take(&mut self.discontinuity),
         });
         self.started = true;
@@ -670,8 +686,10 @@ mod tests {
         // A new source with another clock, starting at its PAT.
         seg.push(&chunk(&stream(5_000_000, 5), true), &mut out);
         assert_eq!(out.len(), 4);
-        // The 1 s built before the splice: 24 frames of span plus one frame.
-        assert_eq!(out[1].duration, Duration::from_secs(1));
+        // The 1 s built before the splice, but its last frame (which may be
+        // cut off): 24 frames.
+        assert_eq!(out[1].duration, Duration::from_millis(960));
+        assert_eq!(out[1].data.len(), (2 + 24 * 2) * PACKET_SIZE);
         assert!(!out[1].discontinuity);
         assert!(out[2].discontinuity);
         assert_eq!(out[2].duration, Duration::from_secs(2));
