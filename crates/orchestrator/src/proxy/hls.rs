@@ -303,6 +303,13 @@ impl Segmenter {
 
     fn append(&mut self, p: &[u8]) {
         if let Some(b) = &mut self.building {
+            if b.buf.len() >= 2 * MAX_SEGMENT_BYTES {
+                // The timing PID went silent (no PTS to cut on): drop what was
+                // built rather than grow, and start again at a keyframe.
+                self.building = None;
+                self.discontinuity = true;
+                return;
+            }
             b.buf.extend_from_slice(p);
         }
     }

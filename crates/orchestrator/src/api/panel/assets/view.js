@@ -326,7 +326,7 @@ function createStream(stream, id) {
     field('Engine', el('span', 'engine-name')),
     field('Started', el('span', 'started')),
     field('Duration', timeEl('since duration')),
-    field('Viewers', el('span', 'viewers')),
+    field('Viewers', viewersValue()),
     player,
     hls,
     failovers,
@@ -356,14 +356,25 @@ export function hlsUrl(stream) {
   return `${location.origin}${stream.play.hls}`;
 }
 
-/** "3 viewers (2 TS, 1 HLS)", "1 viewer (1 TS)"; "–" for a stream of another proxy, which the orchestrator cannot count. */
+/** The viewer count and, beside it, the count by kind. */
+function viewersValue() {
+  const value = el('span', 'viewers-value');
+  value.append(el('span', 'viewers'), el('span', 'viewer-kinds'));
+  return value;
+}
+
+/** "3 viewers", "1 viewer"; "–" for a stream of another proxy, which the orchestrator cannot count. */
 function viewersText(stream) {
   const n = stream.viewers ?? 0;
   if (n === 0 && !isProxied(stream)) return '–';
+  return `${n} viewer${n === 1 ? '' : 's'}`;
+}
+
+/** " (2 TS, 1 HLS)"; empty without viewers. */
+function viewerKindsText(stream) {
   const kinds = stream.viewers_by_kind;
   const parts = kinds ? [[kinds.ts, 'TS'], [kinds.hls, 'HLS']].filter(([k]) => k > 0) : [];
-  const by = parts.length ? ` (${parts.map(([k, name]) => `${k} ${name}`).join(', ')})` : '';
-  return `${n} viewer${n === 1 ? '' : 's'}${by}`;
+  return parts.length ? ` (${parts.map(([k, name]) => `${k} ${name}`).join(', ')})` : '';
 }
 
 function renderFailovers(details, failovers, names) {
@@ -401,6 +412,7 @@ function updateStream(card, { stream, engine, samples, names }) {
   setTime(card.querySelector('.duration'), stream.started_at);
   card.dataset.proxied = String(isProxied(stream));
   setText(card.querySelector('.viewers'), viewersText(stream));
+  setText(card.querySelector('.viewer-kinds'), viewerKindsText(stream));
   const url = playerUrl(stream);
   card.querySelector('.player').hidden = !url;
   setText(card.querySelector('.player-url'), url ?? '');
