@@ -11,12 +11,14 @@
 //! cargo run --release -p bench -- --soak-seconds 600  # the same mix for 10 min, RSS series
 //! cargo run --release -p bench -- --proxy           # the built-in stream proxy (fan-out, failovers...)
 //! cargo run --release -p bench -- --retention       # a year of traffic, then the database clean-up
+//! cargo run --release -p bench -- --hls             # 200 HLS viewers of one stream
 //! ```
 //!
 //! Progress goes to stderr, the summary to stdout. Exits 0 when the run
 //! completed (whether or not every target passed), non-zero when the harness
 //! itself failed. See docs/PERFORMANCE.md.
 
+mod hls;
 mod load;
 mod phases;
 mod procs;
@@ -148,6 +150,22 @@ struct Args {
     /// --engines, --hung and the phase options do not apply.
     #[arg(long)]
     proxy: bool,
+
+    /// HLS mode instead of the default phases: viewers of one stream through
+    /// `GET /ace/manifest.m3u8`, each reloading its playlist and fetching
+    /// every new segment like a player; orchestrator CPU and memory. Takes
+    /// --proxy-bitrate, --proxy-size, --proxy-step-seconds (the measured
+    /// window) and --json.
+    #[arg(long)]
+    hls: bool,
+
+    /// HLS mode: viewers.
+    #[arg(long, default_value_t = 200)]
+    hls_viewers: usize,
+
+    /// HLS mode: HLS_SEGMENT_S of the orchestrator.
+    #[arg(long, default_value_t = 2.0)]
+    hls_segment_s: f64,
 
     /// Proxy mode: what to run, comma-separated, of ttfb, fanout, crash, hang,
     /// headroom, sessions.
@@ -346,7 +364,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let extra_env = parse_env(&args.orch_env)?;
-    if args.proxy {
+    if args.hls {
+        check_fd_limit(args.hls_viewers);
+    } else if args.proxy {
         let viewers = args.proxy_viewers.iter().copied().max().unwrap_or(0);
         check_fd_limit(viewers.max(args.proxy_sessions));
     } else {
@@ -371,6 +391,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     procs::require_binary(&orch_bin, "the orchestrator binary")?;
     procs::require_binary(&sim_bin, "the engine emulator binary")?;
+    if args.hls {
+        if args.hls_viewers == 0 || !(1.0..=10.0).contains(&args.hls_segment_s) {
+            bail!("--hls-viewers must be 1 or more and --hls-segment-s between 1 and 10");
+        }
+        if !args.proxy_step_seconds.is_finite() || args.proxy_step_seconds <= 0.0 {
+            bail!("--proxy-step-seconds must be a number of seconds above 0");
+        }
+        return hls::run(hls::HlsBenchConfig {
+            viewers: args.hls_viewers,
+            seconds: Duration::from_secs_f64(args.proxy_step_seconds),
+            segment_s: args.hls_segment_s,
+            proxy: proxy::ProxyConfig {
+                orch_bin,
+                sim_bin,
+                viewer_steps: Vec::new(),
+                step: Duration::from_secs_f64(args.proxy_step_seconds),
+                bitrate: args.proxy_bitrate.clone(),
+                size: args.proxy_size.clone(),
+                engines: None,
+                joins: 0,
+                failovers: 0,
+                headroom_failovers: 0,
+                sessions: 0,
+                session_engines: 0,
+                parts: Default::default(),
+                extra_env,
+                json: args.json,
+            },
+        })
+        .await;
+    }
     if args.proxy {
         return run_proxy(args, extra_env, orch_bin, sim_bin).await;
     }

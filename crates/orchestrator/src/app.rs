@@ -14,8 +14,10 @@ use tracing::Instrument;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::config::RuntimeChoice;
+use crate::playlist::FetchPolicy;
 use crate::pool::reconciler::Reconciler;
 use crate::pool::Pool;
+use crate::proxy::hls::HlsConfig;
 use crate::proxy::hub::{Proxy, ProxySettings};
 use crate::proxy::SessionConfig;
 use crate::registry::Registry;
@@ -218,6 +220,26 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
         max_sessions: config.proxy_max_sessions as usize,
         max_streams_per_engine: config.max_streams_per_engine,
         engine_timeout: config.health_timeout().max(Duration::from_secs(10)),
+        hls: HlsConfig {
+            target: Duration::from_secs_f64(config.hls_segment_s),
+            window: config.hls_window_size as usize,
+            // A player fetches about once a segment; four missed ones and it is gone.
+            viewer_timeout: Duration::from_secs_f64(config.hls_segment_s * 4.0),
+            // The start (failover timeout) plus two segments' worth of stream.
+            first_segment_wait: Duration::from_secs_f64(
+                config.proxy_failover_timeout_s + config.hls_segment_s * 3.0,
+            ),
+        },
+        public_url: config.public_url.clone(),
+        playlists: FetchPolicy {
+            allowed_hosts: config
+                .playlist_allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            timeout: Duration::from_secs_f64(config.playlist_fetch_timeout_s),
+        },
     }
 }
 

@@ -348,6 +348,40 @@ pub struct Config {
     )]
     pub stream_token: Option<String>,
 
+    /// HLS output: segment duration aimed at, in seconds (segments are cut
+    /// at keyframes, so they last this or up to a keyframe interval more).
+    #[arg(long, env = "HLS_SEGMENT_S", value_name = "HLS_SEGMENT_S", default_value = "2", value_parser = parse_seconds)]
+    pub hls_segment_s: f64,
+
+    /// HLS output: segments in the live playlist (and in memory, per stream).
+    #[arg(
+        long,
+        env = "HLS_WINDOW_SIZE",
+        value_name = "HLS_WINDOW_SIZE",
+        default_value_t = 6
+    )]
+    pub hls_window_size: u32,
+
+    /// The orchestrator's address as players reach it (`https://tv.example.com`),
+    /// for the URLs of rewritten playlists; unset = the request's Host header.
+    #[arg(long, env = "PUBLIC_URL", value_name = "PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Hosts `GET /playlist?url=` may fetch from, comma-separated: exact
+    /// names or addresses (which may be private), `*.example.com`, or `*`
+    /// (any public address). Unset = no remote playlist is fetched.
+    #[arg(
+        long,
+        env = "PLAYLIST_ALLOWED_HOSTS",
+        value_name = "PLAYLIST_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub playlist_allowed_hosts: Vec<String>,
+
+    /// Seconds `GET /playlist?url=` may take to fetch the remote playlist.
+    #[arg(long, env = "PLAYLIST_FETCH_TIMEOUT_S", value_name = "PLAYLIST_FETCH_TIMEOUT_S", default_value = "10", value_parser = parse_seconds)]
+    pub playlist_fetch_timeout_s: f64,
+
     /// The Gluetun container engines run behind (one node, as the Python
     /// orchestrator read it).
     #[arg(
@@ -647,6 +681,43 @@ impl Config {
         }
         if self.proxy_buffer_mb == 0 || self.proxy_buffer_mb > 1024 {
             return Err(invalid("PROXY_BUFFER_MB", "must be between 1 and 1024"));
+        }
+        if !(1.0..=10.0).contains(&self.hls_segment_s) {
+            return Err(invalid("HLS_SEGMENT_S", "must be between 1 and 10 seconds"));
+        }
+        if !(2..=100).contains(&self.hls_window_size) {
+            return Err(invalid("HLS_WINDOW_SIZE", "must be between 2 and 100"));
+        }
+        if let Some(url) = &self.public_url {
+            let ok = reqwest::Url::parse(url).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+            });
+            if !ok {
+                return Err(invalid(
+                    "PUBLIC_URL",
+                    "must be an http(s) URL without query, like https://tv.example.com",
+                ));
+            }
+        }
+        for host in &self.playlist_allowed_hosts {
+            let host = host.trim();
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            if host.is_empty()
+                || (host != "*"
+                    && (name.is_empty()
+                        || !name.bytes().all(|b| {
+                            b.is_ascii_alphanumeric()
+                                || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                        })))
+            {
+                return Err(invalid(
+                    "PLAYLIST_ALLOWED_HOSTS",
+                    format!("'{host}' is not a host name, an address, *.domain or *"),
+                ));
+            }
         }
         if self.max_viewers_per_stream == 0 {
             return Err(invalid("MAX_VIEWERS_PER_STREAM", "must be 1 or more"));

@@ -6,9 +6,11 @@ mod containers;
 mod engines;
 pub mod error;
 mod events;
+mod hls;
 mod openapi;
 pub mod panel;
 mod play;
+mod playlist;
 mod streams;
 mod system;
 mod vpn;
@@ -91,6 +93,11 @@ routes! {
     POST "/engines/select" true => post(engines::select);
     POST "/health/check" true => post(engines::check_all);
     GET "/ace/getstream" false => get(play::getstream);
+    GET "/ace/manifest.m3u8" false => get(hls::manifest);
+    GET "/ace/hls/{token}/{file}" false => get(hls::file);
+    POST "/playlist" false => post(playlist::rewrite_posted)
+        .layer(DefaultBodyLimit::max(crate::playlist::MAX_BYTES));
+    GET "/playlist" false => get(playlist::rewrite_remote);
     GET "/streams" false => get(streams::list);
     GET "/streams/{id}" false => get(streams::get);
     DELETE "/streams/{id}" true => delete(streams::stop);
