@@ -1188,28 +1188,62 @@ async fn polling_the_api_key_and_failed_actions() {
 
 // ---- the server side, without a browser -------------------------------------------------
 
-/// Reads server-sent events from a response until `deadline`, collecting the
-/// data of `snapshot` events.
+/// One server-sent event of the dashboard's feed.
+struct FeedEvent {
+    kind: String,
+    id: Option<String>,
+    data: Value,
+    /// Bytes of the event on the wire.
+    size: usize,
+}
+
+/// Reads server-sent events from a response.
 struct EventReader {
     response: reqwest::Response,
     buffer: String,
 }
 
 impl EventReader {
-    /// The next `snapshot` event's data, or None if none arrives within `deadline`.
-    async fn next_snapshot(&mut self, deadline: Duration) -> Option<Value> {
+    async fn open(orch: &Orch, last_event_id: Option<&str>) -> EventReader {
+        let mut request = reqwest::Client::new().get(orch.url("/panel/events"));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        EventReader {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next `snapshot` or `delta`, or None if none arrives within `deadline`.
+    async fn next(&mut self, deadline: Duration) -> Option<FeedEvent> {
         let until = Instant::now() + deadline;
         loop {
             while let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let is_snapshot = block.lines().any(|l| l == "event: snapshot");
+                let kind = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event: "))
+                    .map(str::to_owned);
+                let Some(kind) = kind else { continue };
+                let id = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("id: "))
+                    .map(str::to_owned);
                 let data: String = block
                     .lines()
                     .filter_map(|l| l.strip_prefix("data: "))
                     .collect();
-                if is_snapshot {
-                    return Some(serde_json::from_str(&data).expect("snapshot data is JSON"));
-                }
+                let data = serde_json::from_str(&data).expect("event data is JSON");
+                return Some(FeedEvent {
+                    kind,
+                    id,
+                    data,
+                    size: block.len(),
+                });
             }
             let chunk = tokio::time::timeout_at(until, self.response.chunk())
                 .await
@@ -1218,6 +1252,122 @@ impl EventReader {
                 .expect("event stream open");
             self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
         }
+    }
+
+    /// The next `snapshot` event's data.
+    async fn next_snapshot(&mut self, deadline: Duration) -> Option<Value> {
+        let until = Instant::now() + deadline;
+        loop {
+            let event = self
+                .next(until.saturating_duration_since(Instant::now()))
+                .await?;
+            if event.kind == "snapshot" {
+                return Some(event.data);
+            }
+        }
+    }
+}
+
+/// What a dashboard knows, built from a snapshot and the deltas after it the
+/// way the page does (docs/DASHBOARD.md).
+#[derive(Debug, PartialEq, Default, Clone)]
+struct PanelState {
+    version: String,
+    engines: std::collections::BTreeMap<String, Value>,
+    checks: std::collections::BTreeMap<String, Vec<Value>>,
+    streams: std::collections::BTreeMap<String, Value>,
+    nodes: std::collections::BTreeMap<String, Value>,
+}
+
+impl PanelState {
+    fn from_snapshot(snapshot: &Value) -> PanelState {
+        let mut state = PanelState {
+            version: snapshot["version"].as_str().unwrap().to_owned(),
+            ..Default::default()
+        };
+        for engine in snapshot["engines"].as_array().unwrap() {
+            let id = engine["container_id"].as_str().unwrap().to_owned();
+            let checks = snapshot["recent_checks"][&id].as_array().cloned();
+            state.checks.insert(id.clone(), checks.unwrap_or_default());
+            state.engines.insert(id, engine.clone());
+        }
+        for stream in snapshot["streams"].as_array().unwrap() {
+            state
+                .streams
+                .insert(stream["id"].as_str().unwrap().to_owned(), stream.clone());
+        }
+        for node in snapshot["vpn_nodes"].as_array().unwrap() {
+            state
+                .nodes
+                .insert(node["name"].as_str().unwrap().to_owned(), node.clone());
+        }
+        state
+    }
+
+    fn apply(&mut self, delta: &Value) {
+        fn merge(items: &mut std::collections::BTreeMap<String, Value>, section: &Value) {
+            for (id, patch) in section.as_object().into_iter().flatten() {
+                if patch.is_null() {
+                    items.remove(id);
+                    continue;
+                }
+                let item = items.entry(id.clone()).or_insert_with(|| json!({}));
+                for (field, value) in patch.as_object().unwrap() {
+                    item[field] = value.clone();
+                }
+            }
+        }
+        let t = delta["t"].as_i64().unwrap();
+        merge(&mut self.engines, &delta["engines"]);
+        for (id, patch) in delta["engines"].as_object().into_iter().flatten() {
+            if patch.is_null() {
+                self.checks.remove(id);
+            }
+        }
+        for (id, fresh) in delta["checks"].as_object().into_iter().flatten() {
+            let fresh: Vec<Value> = fresh
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    let ts = chrono::DateTime::from_timestamp_millis(t - c[0].as_i64().unwrap())
+                        .unwrap()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                    let mut check = json!({"ts": ts, "ok": c[1] == 1});
+                    if let Some(error) = c.get(2) {
+                        check["error"] = error.clone();
+                    }
+                    check
+                })
+                .collect();
+            let patch = &delta["engines"][id];
+            if patch.get("last_health_check").is_none() {
+                self.engines.get_mut(id).unwrap()["last_health_check"] = fresh[0]["ts"].clone();
+            }
+            let kept = self.checks.entry(id.clone()).or_default();
+            let mut merged = fresh;
+            merged.append(kept);
+            merged.truncate(30);
+            *kept = merged;
+        }
+        merge(&mut self.streams, &delta["streams"]);
+        merge(&mut self.nodes, &delta["vpn_nodes"]);
+        self.version = delta["version"].as_str().unwrap().to_owned();
+    }
+
+    /// Applies every event until the stream is quiet for `quiet`.
+    async fn follow(&mut self, events: &mut EventReader, quiet: Duration) -> usize {
+        let mut count = 0;
+        while let Some(event) = events.next(quiet).await {
+            count += 1;
+            match event.kind.as_str() {
+                "snapshot" => *self = PanelState::from_snapshot(&event.data),
+                "delta" => self.apply(&event.data),
+                other => panic!("unexpected event {other}"),
+            }
+            assert_eq!(event.id.as_deref(), Some(self.version.as_str()));
+        }
+        count
     }
 }
 
@@ -1431,19 +1581,16 @@ async fn the_panel_routes_serve_assets_snapshots_and_events() {
     assert_eq!(snapshot["streams"], json!([]));
     assert!(snapshot["generated_at"].as_str().unwrap().ends_with('Z'));
 
-    // The event stream: a snapshot at once, another after a change, and bursts
+    // The event stream: a snapshot at once, a delta after a change, and bursts
     // of changes folded together.
-    let response = client.get(orch.url("/panel/events")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let mut events = EventReader {
-        response,
-        buffer: String::new(),
-    };
+    let mut events = EventReader::open(&orch, None).await;
     let first = events
-        .next_snapshot(Duration::from_secs(5))
+        .next(Duration::from_secs(5))
         .await
         .expect("a snapshot on connect");
+    assert_eq!(first.kind, "snapshot");
+    assert_eq!(first.id.as_deref(), first.data["version"].as_str());
+    let first = first.data;
     assert_eq!(first["engines"][0]["health_status"], "unknown");
     assert_eq!(first["recent_checks"][&id], json!([]));
     assert_eq!(first["vpn_nodes"], json!([]), "no VPN nodes without VPN");
@@ -1455,12 +1602,10 @@ async fn the_panel_routes_serve_assets_snapshots_and_events() {
         .await;
     assert_eq!(status, 200);
     let after_check = loop {
-        let snapshot = events
-            .next_snapshot(SHOWN)
-            .await
-            .expect("a snapshot after the check");
-        if snapshot["engines"][0]["health_status"] == "healthy" {
-            break snapshot;
+        let event = events.next(SHOWN).await.expect("a delta after the check");
+        assert_eq!(event.kind, "delta");
+        if event.data["engines"][&id]["health_status"] == "healthy" {
+            break event.data;
         }
     };
     assert!(
@@ -1468,7 +1613,7 @@ async fn the_panel_routes_serve_assets_snapshots_and_events() {
         "pushed late: {:?}",
         asked.elapsed()
     );
-    assert_eq!(after_check["recent_checks"][&id][0]["ok"], true);
+    assert_eq!(after_check["checks"][&id][0][1], 1, "{after_check}");
 
     // 20 changes in a burst make a handful of events, not 20.
     let burst = Instant::now();
@@ -1479,16 +1624,202 @@ async fn the_panel_routes_serve_assets_snapshots_and_events() {
     let burst_took = burst.elapsed();
     // The stream falls silent once the burst is told.
     let mut count = 0;
-    while events
-        .next_snapshot(Duration::from_millis(800))
-        .await
-        .is_some()
-    {
+    while events.next(Duration::from_millis(1000)).await.is_some() {
         count += 1;
     }
-    let most = (burst_took.as_millis() / 300) as usize + 2;
+    let most = (burst_took.as_millis() / 500) as usize + 2;
     assert!(
         (1..=most).contains(&count),
         "{count} events for 20 changes in {burst_took:?}"
+    );
+}
+
+/// Starts an orchestrator without sweeps and `count` healthy engines, and
+/// waits until every one of them had its first check.
+async fn quiet_pool(dir: &Path, count: usize) -> (Orch, Sim, Vec<String>) {
+    let orch = Orch::start(
+        dir,
+        &[
+            ("HEALTH_CHECK_INTERVAL_S", "3600"),
+            ("HEALTH_CHECK_TIMEOUT_S", "1"),
+            ("COLLECT_INTERVAL_S", "3600"),
+        ],
+    )
+    .await;
+    let sim = Sim::start(count).await;
+    let mut ids = Vec::new();
+    for &port in &sim.ports {
+        ids.push(orch.register(port).await);
+    }
+    for id in &ids {
+        orch.wait_health(id, "healthy", SHOWN).await;
+    }
+    (orch, sim, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_to_one_engine_sends_a_small_delta_naming_it_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (orch, sim, ids) = quiet_pool(dir.path(), 40).await;
+    let mut events = EventReader::open(&orch, None).await;
+    let snapshot = events.next_snapshot(SHOWN).await.expect("a snapshot");
+    assert_eq!(snapshot["engines"].as_array().unwrap().len(), 40);
+    let snapshot_bytes = snapshot.to_string().len();
+    // Whatever the registration left to tell is told.
+    while events.next(Duration::from_millis(800)).await.is_some() {}
+
+    // A routine check of one engine: its check and its latency, nothing else.
+    let one = &ids[7];
+    orch.post(&format!("/engines/{one}/health/check"), Value::Null)
+        .await;
+    let event = events.next(SHOWN).await.expect("a delta after one check");
+    assert_eq!(event.kind, "delta");
+    let delta = &event.data;
+    let named: Vec<&String> = delta["engines"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| k)
+        .chain(delta["checks"].as_object().unwrap().keys())
+        .collect();
+    assert!(named.iter().all(|k| *k == one), "only {one}: {delta}");
+    assert!(
+        delta.get("streams").is_none() && delta.get("vpn_nodes").is_none(),
+        "{delta}"
+    );
+    assert!(
+        event.size < 400,
+        "{} bytes for one check (the snapshot has {snapshot_bytes}): {delta}",
+        event.size
+    );
+
+    // The same engine hangs: it turns unhealthy, with the reason, and still
+    // nothing is said about the 39 others.
+    sim.set_mode(Some(7), "hang").await;
+    orch.post(&format!("/engines/{one}/health/check"), Value::Null)
+        .await;
+    let event = loop {
+        let event = events.next(SHOWN).await.expect("a delta after the hang");
+        if event.data["engines"][one]["health_status"] == "unhealthy" {
+            break event;
+        }
+    };
+    let patch = event.data["engines"][one].as_object().unwrap();
+    assert!(
+        patch["last_health_error"]
+            .as_str()
+            .unwrap()
+            .contains("no answer"),
+        "{patch:?}"
+    );
+    assert_eq!(event.data["engines"].as_object().unwrap().len(), 1);
+    assert_eq!(event.data["checks"].as_object().unwrap().len(), 1);
+    assert!(event.size < 1024, "{} bytes: {}", event.size, event.data);
+    assert!(
+        !patch.contains_key("host") && !patch.contains_key("labels"),
+        "only changed fields: {patch:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_that_reconnects_ends_with_the_state_of_a_fresh_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (orch, sim, ids) = quiet_pool(dir.path(), 6).await;
+    let mut events = EventReader::open(&orch, None).await;
+    let mut page = PanelState::default();
+    page.follow(&mut events, Duration::from_millis(800)).await;
+    assert_eq!(page.engines.len(), 6);
+    // The page goes away (a laptop closed, a proxy restarted)…
+    drop(events);
+    let left_at = page.version.clone();
+    let page_when_it_left = page.clone();
+
+    // …while the pool changes: a check, a hang, a deletion, a new engine, a stream.
+    orch.post(&format!("/engines/{}/health/check", ids[0]), Value::Null)
+        .await;
+    sim.set_mode(Some(1), "hang").await;
+    orch.post(&format!("/engines/{}/health/check", ids[1]), Value::Null)
+        .await;
+    let (status, _) = orch.delete(&format!("/engines/{}", ids[2])).await;
+    assert_eq!(status, 200);
+    let extra = Sim::start(1).await;
+    let new_id = orch.register(extra.port()).await;
+    orch.wait_health(&new_id, "healthy", SHOWN).await;
+    let (status, body) = orch
+        .post(
+            "/events/stream_started",
+            common::started_event(sim.ports[3], "feedface", "s1"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Let the feed publish these as deltas before the page comes back.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut poke = EventReader::open(&orch, None).await;
+    poke.next_snapshot(SHOWN).await.unwrap();
+    drop(poke);
+
+    // It comes back with the version it had: it gets what it missed, not a
+    // snapshot, and ends where a fresh page starts.
+    let mut events = EventReader::open(&orch, Some(&left_at)).await;
+    let first = events.next(SHOWN).await.expect("the missed deltas");
+    assert_eq!(first.kind, "delta", "resumed, not re-sent: {}", first.data);
+    page.apply(&first.data);
+    page.follow(&mut events, Duration::from_millis(1500)).await;
+    let mut fresh_events = EventReader::open(&orch, None).await;
+    let mut fresh = PanelState::default();
+    fresh
+        .follow(&mut fresh_events, Duration::from_millis(800))
+        .await;
+    assert_eq!(page.version, fresh.version);
+    assert_eq!(page, fresh);
+    assert!(!page.engines.contains_key(&ids[2]));
+    assert!(page.engines.contains_key(&new_id));
+    assert_eq!(page.engines[&ids[1]]["health_status"], "unhealthy");
+    assert_eq!(page.streams.len(), 1);
+
+    // A version of another server run (or a garbled one) gets a snapshot.
+    let mut events = EventReader::open(&orch, Some("1-5")).await;
+    assert_eq!(events.next(SHOWN).await.unwrap().kind, "snapshot");
+
+    // Polling: the ETag is the version; the same version is a 304, and
+    // ?since= answers the deltas after it.
+    let client = reqwest::Client::new();
+    let response = client
+        .get(orch.url("/panel/snapshot"))
+        .send()
+        .await
+        .unwrap();
+    let etag = response.headers()["etag"].clone();
+    let polled: Value = response.json().await.unwrap();
+    assert_eq!(PanelState::from_snapshot(&polled), fresh);
+    let again = client
+        .get(orch.url("/panel/snapshot"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    let since = client
+        .get(orch.url(&format!("/panel/snapshot?since={left_at}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(since.status(), 200);
+    let since: Value = since.json().await.unwrap();
+    let deltas = since["deltas"].as_array().expect("deltas after since");
+    assert_eq!(since["version"], fresh.version.as_str());
+    let mut polled_page = page_when_it_left;
+    for delta in deltas {
+        polled_page.apply(delta);
+    }
+    assert_eq!(
+        polled_page, fresh,
+        "polling with ?since= ends at the same state"
+    );
+    let (status, garbled) = orch.get("/panel/snapshot?since=nonsense").await;
+    assert_eq!(status, 200);
+    assert!(
+        garbled["engines"].is_array(),
+        "a snapshot for an unknown version"
     );
 }

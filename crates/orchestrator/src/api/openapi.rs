@@ -54,7 +54,7 @@ use super::{containers, engines, events, play, streams, system, vpn};
         panel::events,
         panel::snapshot,
     ),
-    components(schemas(Detail, crate::domain::StreamStatus)),
+    components(schemas(Detail, crate::domain::StreamStatus, panel::PanelDelta, panel::PanelDeltas)),
     tags(
         (name = "engines", description = "The engine registry and selection."),
         (name = "health", description = "Engine health checks and history."),
