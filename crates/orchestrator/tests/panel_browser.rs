@@ -91,30 +91,44 @@ impl Browser {
         )
         .unwrap_or_else(|| panic!("chromium not found; {INSTALL}"));
 
-        let mut driver = Command::new(&driver_path)
-            .arg("--port=0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", driver_path.display()));
-        // "ChromeDriver was started successfully on port 37747."
-        let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
-        let port = tokio::time::timeout(Duration::from_secs(20), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.split("started successfully on port ").nth(1) {
-                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                    if let Ok(port) = digits.parse::<u16>() {
-                        return Some(port);
+        // With --port=0 chromedriver takes an ephemeral IPv6 port and then
+        // wants the same number on IPv4; when another process holds that one
+        // it exits ("IPv4 port not available"): try again with another.
+        let mut attempt = 0;
+        let (driver, port, mut lines) = loop {
+            attempt += 1;
+            let mut driver = Command::new(&driver_path)
+                .arg("--port=0")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", driver_path.display()));
+            // "ChromeDriver was started successfully on port 37747."
+            let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
+            let port = tokio::time::timeout(Duration::from_secs(20), async {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(rest) = line.split("started successfully on port ").nth(1) {
+                        let digits: String =
+                            rest.chars().take_while(char::is_ascii_digit).collect();
+                        if let Ok(port) = digits.parse::<u16>() {
+                            return Some(port);
+                        }
                     }
                 }
+                None
+            })
+            .await
+            .ok()
+            .flatten();
+            match port {
+                Some(port) => break (driver, port, lines),
+                None if attempt < 8 => {
+                    let _ = driver.kill().await;
+                }
+                None => panic!("chromedriver did not say which port it listens on"),
             }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .expect("chromedriver did not say which port it listens on");
+        };
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
         let profile = tempfile::tempdir().unwrap();

@@ -74,6 +74,8 @@ const ASSETS: &[Asset] = &[
     asset!("view.js", "text/javascript; charset=utf-8"),
     asset!("chart.js", "text/javascript; charset=utf-8"),
     asset!("format.js", "text/javascript; charset=utf-8"),
+    asset!("store.js", "text/javascript; charset=utf-8"),
+    asset!("pool.js", "text/javascript; charset=utf-8"),
     asset!("style.css", "text/css; charset=utf-8"),
 ];
 
