@@ -10,6 +10,7 @@
 //! cargo run --release -p bench -- --load            # 200 clients, mixed routes, 60 s
 //! cargo run --release -p bench -- --soak-seconds 600  # the same mix for 10 min, RSS series
 //! cargo run --release -p bench -- --proxy           # the built-in stream proxy (fan-out, failovers...)
+//! cargo run --release -p bench -- --panel           # one dashboard's event stream, bytes/s
 //! ```
 //!
 //! Progress goes to stderr, the summary to stdout. Exits 0 when the run
@@ -17,6 +18,7 @@
 //! itself failed. See docs/PERFORMANCE.md.
 
 mod load;
+mod panel;
 mod phases;
 mod procs;
 mod proxy;
@@ -139,6 +141,17 @@ struct Args {
     /// Allowed RSS growth (fraction) for the no-growth checks of the load mode.
     #[arg(long, default_value_t = 0.10)]
     rss_tolerance: f64,
+
+    /// Panel mode instead of the default phases: register --engines (--hung of
+    /// them hung), then measure one dashboard's event stream (bytes/s while
+    /// the pool is checked every --interval) and a dashboard polling
+    /// `?since=` every 2 s, for --panel-seconds.
+    #[arg(long)]
+    panel: bool,
+
+    /// Panel mode: seconds to measure after the snapshot.
+    #[arg(long, default_value_t = 30.0)]
+    panel_seconds: f64,
 
     /// Proxy mode instead of the default phases: the built-in stream proxy
     /// (`GET /ace/getstream`) with emulated engines serving real video: time to
@@ -385,6 +398,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
 
     let result = match args.load_mode_seconds() {
+        _ if args.panel => {
+            match register_and_warm_up(&args, &mut orch, &mut sampler, &expect).await {
+                Ok(_) => panel::measure(&orch.base, args.panel_seconds)
+                    .await
+                    .map(Parts::Panel),
+                Err(e) => Err(e),
+            }
+        }
         Some(seconds) => {
             measure_load(
                 &args,
@@ -424,6 +445,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let parts = match result? {
         Parts::Default(parts) => *parts,
+        Parts::Panel(result) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result).context("cannot write the summary")?
+                );
+            } else {
+                panel::print(args.engines, args.hung, args.interval, &result);
+            }
+            return Ok(());
+        }
         Parts::Load {
             register,
             warm_up,
@@ -577,6 +609,7 @@ async fn run_proxy(
 
 enum Parts {
     Default(Box<Measured>),
+    Panel(panel::PanelResult),
     Load {
         register: Duration,
         warm_up: Duration,
