@@ -1837,3 +1837,373 @@ async fn a_dashboard_that_reconnects_ends_with_the_state_of_a_fresh_one() {
         "a snapshot for an unknown version"
     );
 }
+
+// ---- a large pool ------------------------------------------------------------------------
+
+/// Registers engines `first..` on `ports` of `host`, named `engine-N`, 32 at a time.
+async fn register_many(orch: &Orch, host: &str, ports: &[u16], first: usize) -> Vec<String> {
+    use futures::StreamExt;
+    let client = reqwest::Client::new();
+    futures::stream::iter(ports.iter().enumerate())
+        .map(|(i, port)| {
+            let client = client.clone();
+            let url = orch.url("/engines");
+            let body = json!({"host": host, "port": port, "name": format!("engine-{}", first + i)});
+            async move {
+                let response = client.post(url).json(&body).send().await.unwrap();
+                assert!(response.status().is_success(), "register {body}");
+                let engine: Value = response.json().await.unwrap();
+                engine["container_id"].as_str().unwrap().to_owned()
+            }
+        })
+        .buffered(32)
+        .collect()
+        .await
+}
+
+/// The page's picture of the engines compared with a fresh `GET /panel/snapshot`
+/// of the same version: "same" or what differs.
+const SAME_AS_SNAPSHOT: &str = "
+  const canon = (v) => Array.isArray(v) ? v.map(canon)
+    : v && typeof v === 'object' ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, canon(v[k])])) : v;
+  const page = window.orchestratorPanel;
+  const have = page.state.store.version;
+  const snap = window.__snapshot;
+  const number = (v) => Number(String(v).split('-')[1]);
+  if (!snap || number(have) > number(snap.version)) {
+    window.__snapshot = null;
+    fetch('/panel/snapshot').then((r) => r.json()).then((s) => { window.__snapshot = s; });
+    return false;
+  }
+  if (have !== snap.version) return false;
+  const mine = page.asSnapshot();
+  const a = JSON.stringify(canon({ e: mine.engines.sort((x, y) => x.container_id < y.container_id ? -1 : 1), c: mine.recent_checks }));
+  const b = JSON.stringify(canon({ e: snap.engines, c: snap.recent_checks }));
+  return a === b ? 'same' : `differs at version ${have}`;";
+
+/// 1,000 engines (set `PANEL_ENGINES` for another size), 10 % of them hung,
+/// checked every 2 s: the map, the filters, the search, the detail, pages,
+/// and what it costs the browser (first render, long tasks, DOM size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_engines_read_at_a_glance() {
+    if skipped() {
+        return;
+    }
+    let total: usize = std::env::var("PANEL_ENGINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let hung = total / 10;
+    let dir = tempfile::tempdir().unwrap();
+    let orch = Orch::start(
+        dir.path(),
+        &[
+            ("HEALTH_CHECK_INTERVAL_S", "2"),
+            ("HEALTH_CHECK_TIMEOUT_S", "1"),
+            ("HEALTH_CHECK_CONCURRENCY", "256"),
+        ],
+    )
+    .await;
+    // Healthy engines on 127.0.0.1, hung ones on 127.0.0.2: two groups on the map.
+    let healthy_sim = Sim::start(total - hung).await;
+    let hung_sim = Sim::start_with(&["--count", &hung.to_string(), "--bind-all"]).await;
+    hung_sim.set_mode(None, "hang").await;
+    let started = Instant::now();
+    let mut ids = register_many(&orch, "127.0.0.1", &healthy_sim.ports, 1).await;
+    let hung_ids = register_many(&orch, "127.0.0.2", &hung_sim.ports, total - hung + 1).await;
+    ids.extend(hung_ids.iter().cloned());
+    // Every hung engine is unhealthy and the healthy ones (nearly all: on a
+    // loaded machine one may miss a check) are healthy.
+    wait_for("every engine checked", Duration::from_secs(180), || async {
+        let (_, engines) = orch.get("/engines").await;
+        let engines = engines.as_array().unwrap().clone();
+        let count = |host: &str, health: &str| {
+            engines
+                .iter()
+                .filter(|e| e["host"] == host && e["health_status"] == health)
+                .count()
+        };
+        let (healthy, hung_down) = (
+            count("127.0.0.1", "healthy"),
+            count("127.0.0.2", "unhealthy"),
+        );
+        eprintln!(
+            "{healthy} healthy of {}, {hung_down} hung ones unhealthy of {hung}",
+            total - hung
+        );
+        (hung_down == hung && healthy * 100 >= (total - hung) * 98).then_some(())
+    })
+    .await;
+    eprintln!(
+        "{total} engines registered and checked in {:?}",
+        started.elapsed()
+    );
+
+    let browser = Browser::launch(1366, 1000).await;
+    browser.goto(&orch.url("/panel")).await;
+    browser
+        .wait(
+            "the first render",
+            Duration::from_secs(30),
+            "return document.body.dataset.rendered === 'true'",
+            json!([]),
+        )
+        .await;
+    let first_render = browser
+        .js(
+            "return window.orchestratorPanel.state.firstRender",
+            json!([]),
+        )
+        .await
+        .as_f64()
+        .unwrap();
+    let timing = browser
+        .js("return window.orchestratorPanel.state.timing", json!([]))
+        .await;
+    eprintln!("PANEL {total} engines: snapshot arrived {} ms after navigation, drawing began at {} ms, done at {first_render:.0} ms", timing["snapshotArrived"], timing["drawStarted"]);
+
+    // The map: one cell per engine, the hung ones red, grouped by host.
+    let cells = browser
+        .js(
+            "return document.querySelectorAll('#pool-map .cell').length",
+            json!([]),
+        )
+        .await;
+    assert_eq!(cells, total);
+    let red = browser
+        .wait(
+            "the hung engines red on the map",
+            SHOWN,
+            "const red = [...document.querySelectorAll('#pool-map [data-group=\\'host:127.0.0.2\\'] .cell')]
+                .filter((c) => getComputedStyle(c).backgroundColor === arguments[0]).length;
+             return red === arguments[1] ? red : false;",
+            json!([RED, hung]),
+        )
+        .await;
+    assert_eq!(red, hung);
+    assert_eq!(
+        browser
+            .text("[data-group=\"host:127.0.0.2\"] .map-group-counts")
+            .await,
+        format!("{hung} engines, {hung} unhealthy")
+    );
+    assert!(browser
+        .text("#kpi-healthy")
+        .await
+        .ends_with(&format!(" / {total} healthy")));
+    // Problems first: the first page is the hung engines.
+    browser
+        .wait_text(
+            "#engines-shown",
+            &format!("Showing 1–24 of {total} engines, problems first"),
+        )
+        .await;
+    let first_page = browser
+        .js(
+            "return [...document.querySelectorAll('#engines .engine')].map((c) => c.dataset.health)",
+            json!([]),
+        )
+        .await;
+    let first_page = first_page.as_array().unwrap();
+    assert_eq!(first_page.len(), 24.min(total));
+    assert!(
+        first_page[..24.min(hung)].iter().all(|h| h == "unhealthy"),
+        "{first_page:?}"
+    );
+    browser.screenshot("panel-map.png").await;
+
+    // Updates stream in for a few sweeps; the page keeps up without long tasks.
+    // (Only the page's own tasks count: the test's scripts run outside the window.)
+    let before = browser
+        .js(
+            "return [window.orchestratorPanel.state.events, performance.now()]",
+            json!([]),
+        )
+        .await;
+    let events_before = before[0].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = browser
+        .js(
+            "return [window.orchestratorPanel.state.events, performance.now()]",
+            json!([]),
+        )
+        .await;
+    let events_after = after[0].as_u64().unwrap();
+    assert!(
+        events_after >= events_before + 4,
+        "deltas arrived: {events_before} -> {events_after}"
+    );
+    let long_tasks = browser
+        .js(
+            "return window.orchestratorPanel.longTasks
+                .filter((t) => t.start > arguments[0] && t.start < arguments[1]).map((t) => t.duration);",
+            json!([before[1], after[1]]),
+        )
+        .await;
+    let longest = long_tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_f64)
+        .fold(0.0, f64::max);
+    let dom = browser
+        .js(
+            "return [document.getElementsByTagName('*').length, document.querySelectorAll('.cell').length]",
+            json!([]),
+        )
+        .await;
+    let (elements, cell_elements) = (dom[0].as_u64().unwrap(), dom[1].as_u64().unwrap());
+    eprintln!(
+        "PANEL {total} engines: first render {first_render:.0} ms after navigation; \
+         longest task while updates stream in {longest:.0} ms ({} long tasks); \
+         DOM {elements} elements, {} without the map cells; {} events in 8 s",
+        long_tasks.as_array().unwrap().len(),
+        elements - cell_elements,
+        events_after - events_before
+    );
+    assert!(
+        elements - cell_elements < 2500,
+        "the DOM beyond the map cells is bounded: {elements} elements, {cell_elements} cells"
+    );
+    // The targets (docs/PERFORMANCE.md) are 2 s and 200 ms; on a machine
+    // shared with other builds the test asserts only bounds that catch a
+    // page that blocks (the old one did for 5 s at 1,000 engines), unless
+    // PANEL_TARGETS=1 asks for the targets themselves.
+    let strict = std::env::var_os("PANEL_TARGETS").is_some_and(|v| v == "1");
+    let (render_limit, task_limit) = if strict {
+        (2000.0, 200.0)
+    } else {
+        (10_000.0, 1000.0)
+    };
+    assert!(
+        first_render <= render_limit,
+        "first render {first_render:.0} ms after navigation"
+    );
+    assert!(
+        longest <= task_limit,
+        "a main-thread task of {longest:.0} ms while updates stream in: {long_tasks}"
+    );
+    // What the page holds is what a fresh page would get.
+    let same = browser
+        .wait(
+            "the page's engines to match a fresh snapshot of its version",
+            Duration::from_secs(20),
+            SAME_AS_SNAPSHOT,
+            json!([]),
+        )
+        .await;
+    assert_eq!(same, "same");
+
+    // Only the unhealthy ones: 100 in the list, the rest of the map dimmed.
+    browser
+        .click("#health-filter [data-health=\"unhealthy\"]")
+        .await;
+    let filtered = browser
+        .wait(
+            "only unhealthy engines listed",
+            SHOWN,
+            "const shown = document.getElementById('engines-shown').textContent;
+             const n = Number(document.querySelector('#health-filter [data-health=unhealthy] .count').textContent);
+             const cards = [...document.querySelectorAll('#engines .engine')];
+             const dim = document.querySelectorAll('#pool-map .cell.dim').length;
+             return shown.includes(`of ${n} (of ${arguments[0]})`) && cards.length > 0
+                 && cards.every((c) => c.dataset.health === 'unhealthy') && dim === arguments[0] - n ? n : false;",
+            json!([total]),
+        )
+        .await;
+    assert!(filtered.as_u64().unwrap() as usize >= hung, "{filtered}");
+    browser.screenshot("panel-map-unhealthy.png").await;
+
+    // A page further.
+    if hung > 24 {
+        browser.click("#engines-pager [data-page=\"next\"]").await;
+        browser
+            .wait(
+                "the second page",
+                SHOWN,
+                "return document.getElementById('engines-shown').textContent.startsWith('Showing 25–48 of ')",
+                json!([]),
+            )
+            .await;
+    }
+    browser.click("#health-filter [data-health=\"all\"]").await;
+
+    // Search by address: one engine, one bright cell.
+    let wanted = total / 2;
+    let address = format!("127.0.0.1:{}", healthy_sim.ports[wanted - 1]);
+    browser.type_into("#engine-search", &address).await;
+    browser
+        .wait_text(
+            "#engines-shown",
+            &format!("Showing 1–1 of 1 (of {total}) engines, problems first"),
+        )
+        .await;
+    assert_eq!(
+        browser.text("#engines .engine .name").await,
+        format!("engine-{wanted}")
+    );
+    let bright = browser
+        .js(
+            "return document.querySelectorAll('#pool-map .cell:not(.dim)').length",
+            json!([]),
+        )
+        .await;
+    assert_eq!(bright, 1);
+    browser.screenshot("panel-map-search.png").await;
+    browser
+        .js(
+            "const s = document.getElementById('engine-search'); s.value = ''; s.dispatchEvent(new Event('input'));",
+            json!([]),
+        )
+        .await;
+
+    // By host: the group filter.
+    browser
+        .click("#group-filter option[value=\"host:127.0.0.2\"]")
+        .await;
+    browser
+        .wait_text(
+            "#engines-shown",
+            &format!(
+                "Showing 1–{} of {hung} (of {total}) engines, problems first",
+                24.min(hung)
+            ),
+        )
+        .await;
+
+    // A hung engine's cell: hover says who and why; a click opens its detail.
+    let cell = format!("#pool-map .cell[data-id=\"{}\"]", hung_ids[0]);
+    let title = browser
+        .js(
+            "return document.querySelector(arguments[0]).title",
+            json!([cell]),
+        )
+        .await;
+    let title = title.as_str().unwrap();
+    assert!(
+        title.starts_with(&format!("engine-{} — unhealthy", total - hung + 1))
+            && title.contains("no answer"),
+        "{title}"
+    );
+    browser.click(&cell).await;
+    browser
+        .wait_text("#detail-title", &format!("engine-{}", total - hung + 1))
+        .await;
+    browser
+        .wait(
+            "the detail's transitions",
+            SHOWN,
+            "return !!document.querySelector('#detail-transitions .transition[data-to=\"unhealthy\"]')",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("panel-map-detail.png").await;
+    browser.click("#detail [data-close]").await;
+    assert_all_local(&orch, &browser.fetched_urls().await);
+    assert!(
+        browser.console_errors().await.is_empty(),
+        "{:?}",
+        browser.console_errors().await
+    );
+    drop(ids);
+}

@@ -57,6 +57,8 @@ const state = {
   frame: 0, // the requested animation frame, 0 when none
   redrawAll: true, // filters or the page changed: every cell and card
   firstRender: null, // ms after navigation when the first snapshot was drawn
+  // ms after navigation: the first snapshot arrived; the first draw began.
+  timing: { snapshotArrived: null, drawStarted: null },
   events: 0, // snapshots and deltas taken in
 };
 
@@ -103,6 +105,7 @@ function draw() {
   learnServerTime(store.generatedAt);
   const all = state.redrawAll;
   state.redrawAll = false;
+  if (state.timing.drawStarted === null) state.timing.drawStarted = performance.now();
   const streamsChanged = store.changed.streams || all;
   renderKpis(store);
   if (store.changed.nodes || all) renderVpnNodes(store);
@@ -211,6 +214,7 @@ function connect() {
   };
   source.addEventListener('snapshot', (event) => {
     goLive();
+    if (state.timing.snapshotArrived === null) state.timing.snapshotArrived = performance.now();
     takeSnapshot(JSON.parse(event.data));
   });
   source.addEventListener('delta', (event) => {

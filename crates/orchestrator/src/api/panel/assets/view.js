@@ -183,6 +183,10 @@ function updateEngine(card, { engine, checks, nodes }) {
 
 /** One tick per recent check, oldest on the left: a flapping engine shows as a striped strip. */
 function renderStrip(strip, checksNewestFirst) {
+  // Redrawn only when a check came (or the engine's card shows another engine).
+  const signature = `${checksNewestFirst.length}|${checksNewestFirst[0]?.ts ?? ''}`;
+  if (strip.dataset.for === signature) return;
+  strip.dataset.for = signature;
   const checks = [...checksNewestFirst].reverse();
   while (strip.children.length > checks.length) strip.lastElementChild.remove();
   while (strip.children.length < checks.length) strip.append(el('span', 'tick'));
