@@ -12,6 +12,7 @@
 //! cargo run --release -p bench -- --proxy           # the built-in stream proxy (fan-out, failovers...)
 //! cargo run --release -p bench -- --retention       # a year of traffic, then the database clean-up
 //! cargo run --release -p bench -- --hls             # 200 HLS viewers of one stream
+//! cargo run --release -p bench -- --panel           # one dashboard's event stream, bytes/s
 //! ```
 //!
 //! Progress goes to stderr, the summary to stdout. Exits 0 when the run
@@ -20,6 +21,7 @@
 
 mod hls;
 mod load;
+mod panel;
 mod phases;
 mod procs;
 mod proxy;
@@ -188,6 +190,17 @@ struct Args {
     /// Scale mode: share of each pool that hangs.
     #[arg(long, default_value_t = 0.10)]
     hung_share: f64,
+
+    /// Panel mode instead of the default phases: register --engines (--hung of
+    /// them hung), then measure one dashboard's event stream (bytes/s while
+    /// the pool is checked every --interval) and a dashboard polling
+    /// `?since=` every 2 s, for --panel-seconds.
+    #[arg(long)]
+    panel: bool,
+
+    /// Panel mode: seconds to measure after the snapshot.
+    #[arg(long, default_value_t = 30.0)]
+    panel_seconds: f64,
 
     /// Proxy mode instead of the default phases: the built-in stream proxy
     /// (`GET /ace/getstream`) with emulated engines serving real video: time to
@@ -582,6 +595,14 @@ async fn run_one(
     });
 
     let result = match args.load_mode_seconds() {
+        _ if args.panel => {
+            match register_and_warm_up(args, &mut orch, &mut sampler, &expect).await {
+                Ok(_) => panel::measure(&orch.base, args.panel_seconds)
+                    .await
+                    .map(Parts::Panel),
+                Err(e) => Err(e),
+            }
+        }
         Some(seconds) => {
             measure_load(
                 args,
@@ -621,6 +642,17 @@ async fn run_one(
 
     let parts = match result? {
         Parts::Default(parts) => *parts,
+        Parts::Panel(result) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result).context("cannot write the summary")?
+                );
+            } else {
+                panel::print(args.engines, args.hung, args.interval, &result);
+            }
+            return Ok(None);
+        }
         Parts::Load {
             register,
             warm_up,
@@ -811,6 +843,7 @@ async fn run_proxy(
 
 enum Parts {
     Default(Box<Measured>),
+    Panel(panel::PanelResult),
     Load {
         register: Duration,
         warm_up: Duration,

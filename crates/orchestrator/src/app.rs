@@ -151,6 +151,7 @@ impl App {
             api_key: self.api_key,
             pool: Some(self.pool.clone()),
             shutdown: shutdown.clone(),
+            panel: Arc::new(api::panel::Feed::new(&self.orch)),
         });
         let router = api::read_bodies_first(router, self.header_timeout);
         let router = match api::cors(&self.cors_origins) {

@@ -49,6 +49,8 @@ pub struct AppState {
     /// Cancelled at shutdown; endless responses (the dashboard's event stream)
     /// end with it instead of holding the drain up.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// What open dashboards are sent: versioned deltas of the pool.
+    pub panel: Arc<panel::Feed>,
 }
 
 /// One row of the route table: method, path, and whether it needs the API key.

@@ -59,7 +59,7 @@ use super::{containers, engines, events, hls, play, playlist, streams, system, v
         panel::events,
         panel::snapshot,
     ),
-    components(schemas(Detail, crate::domain::StreamStatus)),
+    components(schemas(Detail, crate::domain::StreamStatus, panel::PanelDelta, panel::PanelDeltas)),
     tags(
         (name = "engines", description = "The engine registry and selection."),
         (name = "health", description = "Engine health checks and history."),

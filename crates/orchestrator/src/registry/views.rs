@@ -27,22 +27,22 @@ impl EngineFilter {
     }
 
     pub fn matches(&self, engine: &Engine) -> bool {
-        self.health.map_or(true, |h| engine.health.status == h)
-            && self.runtime.map_or(true, |r| engine.runtime == r)
+        self.health.is_none_or(|h| engine.health.status == h)
+            && self.runtime.is_none_or(|r| engine.runtime == r)
             && self
                 .vpn_node
                 .as_deref()
-                .map_or(true, |node| engine.vpn_node() == Some(node))
-            && self.label.as_ref().map_or(true, |(key, value)| {
+                .is_none_or(|node| engine.vpn_node() == Some(node))
+            && self.label.as_ref().is_none_or(|(key, value)| {
                 engine
                     .labels
                     .get(key)
-                    .is_some_and(|v| value.as_deref().map_or(true, |want| v == want))
+                    .is_some_and(|v| value.as_deref().is_none_or(|want| v == want))
             })
             && self
                 .host
                 .as_deref()
-                .map_or(true, |host| canonical_host(&engine.host) == host)
+                .is_none_or(|host| canonical_host(&engine.host) == host)
     }
 }
 

@@ -61,24 +61,26 @@ function reconcile(container, items, key, create, update, skip = 0) {
   for (const stale of existing.values()) stale.remove();
 }
 
-const byName = new Intl.Collator(undefined, { numeric: true });
+import { engineName } from './pool.js';
 
-export function engineName(engine) {
-  return engine.container_name || engine.container_id;
-}
+export { engineName };
 
 // ---- KPIs ------------------------------------------------------------------
 
-export function renderKpis(snapshot) {
-  const total = snapshot.engines.length;
-  const healthy = snapshot.engines.filter((e) => e.health_status === 'healthy').length;
-  const unhealthy = snapshot.engines.filter((e) => e.health_status === 'unhealthy').length;
+export function renderKpis(store) {
+  const total = store.engines.size;
+  let healthy = 0;
+  let unhealthy = 0;
+  for (const e of store.engines.values()) {
+    if (e.health_status === 'healthy') healthy += 1;
+    else if (e.health_status === 'unhealthy') unhealthy += 1;
+  }
   setText($('kpi-engines'), String(total));
-  setText($('kpi-streams'), String(snapshot.streams.length));
+  setText($('kpi-streams'), String(store.streams.size));
   setText($('kpi-healthy'), `${healthy} / ${total} healthy`);
   $('kpi-health-box').dataset.health = unhealthy > 0 ? 'unhealthy' : healthy === total ? 'healthy' : 'unknown';
-  setText($('kpi-updated'), clock(snapshot.generated_at));
-  setTime($('kpi-updated-ago'), snapshot.generated_at);
+  setText($('kpi-updated'), clock(store.generatedAt));
+  setTime($('kpi-updated-ago'), store.generatedAt);
 }
 
 // ---- engines ---------------------------------------------------------------
@@ -181,6 +183,10 @@ function updateEngine(card, { engine, checks, nodes }) {
 
 /** One tick per recent check, oldest on the left: a flapping engine shows as a striped strip. */
 function renderStrip(strip, checksNewestFirst) {
+  // Redrawn only when a check came (or the engine's card shows another engine).
+  const signature = `${checksNewestFirst.length}|${checksNewestFirst[0]?.ts ?? ''}`;
+  if (strip.dataset.for === signature) return;
+  strip.dataset.for = signature;
   const checks = [...checksNewestFirst].reverse();
   while (strip.children.length > checks.length) strip.lastElementChild.remove();
   while (strip.children.length < checks.length) strip.append(el('span', 'tick'));
@@ -195,18 +201,15 @@ function renderStrip(strip, checksNewestFirst) {
     : 'Not checked yet');
 }
 
-export function renderEngines(snapshot) {
+/** Draws the engines of the current page (already filtered and sorted, see pool.js). */
+export function renderEngines(visible, store) {
   const container = $('engines');
-  // By name, "engine-2" before "engine-10": a stable order, so cards do not
-  // jump around when their health changes.
-  const nodes = new Map((snapshot.vpn_nodes ?? []).map((n) => [n.name, n]));
-  const items = snapshot.engines
-    .map((engine) => ({ engine, checks: snapshot.recent_checks?.[engine.container_id] ?? [], nodes }))
-    .sort((a, b) => byName.compare(engineName(a.engine), engineName(b.engine))
-      || byName.compare(a.engine.container_id, b.engine.container_id));
+  const items = visible.map((engine) => ({
+    engine, checks: store.checks.get(engine.container_id) ?? [], nodes: store.nodes,
+  }));
   // The first child is the header row of the "rows" layout.
   reconcile(container, items, (item) => item.engine.container_id, createEngine, updateEngine, 1);
-  $('engines-empty').hidden = items.length > 0;
+  $('engines-empty').hidden = store.engines.size > 0;
 }
 
 // ---- VPN nodes ---------------------------------------------------------------
@@ -258,8 +261,11 @@ function updateNode(card, { node, engines }) {
   setText(card.querySelector('.error'), node.health_status === 'healthy' ? '' : node.last_health_error || '');
 
   const list = card.querySelector('.node-engine-list');
-  const items = node.engines.map((id) => ({ id, engine: engines.get(id) }));
-  const signature = `${down}|${items.map(({ id, engine }) => `${id}:${engine ? `${engineName(engine)}:${engine.health_status}` : ''}`).join('|')}`;
+  // A node may carry hundreds of engines: name the first few, count the rest
+  // (the pool map shows them all).
+  const items = node.engines.slice(0, NODE_ENGINES_NAMED).map((id) => ({ id, engine: engines.get(id) }));
+  const more = node.engines.length - items.length;
+  const signature = `${down}|${more}|${items.map(({ id, engine }) => `${id}:${engine ? `${engineName(engine)}:${engine.health_status}` : ''}`).join('|')}`;
   if (list.dataset.for === signature) return;
   list.dataset.for = signature;
   const entries = items.map(({ id, engine }) => {
@@ -273,13 +279,16 @@ function updateNode(card, { node, engines }) {
     if (down) item.append(el('span', 'vpn-down', 'VPN down'));
     return item;
   });
+  if (more > 0) entries.push(el('li', 'more', `and ${more} more`));
   if (!entries.length) entries.push(el('li', 'empty', 'None'));
   list.replaceChildren(...entries);
 }
 
-export function renderVpnNodes(snapshot) {
-  const nodes = snapshot.vpn_nodes ?? [];
-  const engines = new Map(snapshot.engines.map((e) => [e.container_id, e]));
+const NODE_ENGINES_NAMED = 12;
+
+export function renderVpnNodes(store) {
+  const nodes = [...store.nodes.values()];
+  const engines = store.engines;
   $('vpn').hidden = nodes.length === 0;
   reconcile($('vpn-nodes'), nodes.map((node) => ({ node, engines })), (item) => item.node.name, createNode, updateNode);
 }
@@ -438,18 +447,21 @@ function updateStream(card, { stream, engine, samples, names }) {
   drawChart(card.querySelector('.chart'), samples);
 }
 
-/** `samplesOf(id)` answers the stat history the page holds for a stream, oldest first. */
-export function renderStreams(snapshot, samplesOf) {
-  const engines = new Map(snapshot.engines.map((e) => [e.container_id, e]));
-  const names = new Map(snapshot.engines.map((e) => [e.container_id, engineName(e)]));
-  const items = snapshot.streams.map((stream) => ({
+/**
+ * Draws the streams of the current page. `samplesOf(id)` answers the stat
+ * history the page holds for a stream, oldest first.
+ */
+export function renderStreams(visible, store, samplesOf) {
+  const engines = store.engines;
+  const names = { get: (id) => (engines.has(id) ? engineName(engines.get(id)) : undefined) };
+  const items = visible.map((stream) => ({
     stream,
     engine: engines.get(stream.container_id),
     samples: samplesOf(stream.id),
     names,
   }));
   reconcile($('streams'), items, (item) => item.stream.id, createStream, updateStream);
-  $('streams-empty').hidden = items.length > 0;
+  $('streams-empty').hidden = store.streams.size > 0;
 }
 
 /** Redraws one stream's chart after new statistics arrived. */
