@@ -729,6 +729,11 @@ async fn on_demand_nodes_come_with_the_engines_one_credential_each_and_go_when_i
         "no private key in /vpn/nodes"
     );
 
+    assert!(
+        orch.logs().contains("VPN node is up; engines go behind it"),
+        "the wait for the tunnel is logged"
+    );
+
     // No credential left: the answer says so.
     let (status, body) = orch.post("/provision/acestream", json!({})).await;
     assert_eq!(status, 503, "{body}");

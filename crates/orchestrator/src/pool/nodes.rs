@@ -169,12 +169,12 @@ impl Pool {
         fleet.credentials = found;
     }
 
-    /// Every credential and what it is doing.
+    /// Every credential and what it is doing, as the directory was last read
+    /// (at start, at each upkeep and before a node is created).
     pub fn credentials(&self) -> Vec<CredentialView> {
         if self.on_demand().is_none() {
             return Vec::new();
         }
-        self.reload_credentials();
         let fleet = self.fleet.lock();
         let now = Instant::now();
         let mut views: Vec<CredentialView> = fleet
