@@ -492,7 +492,8 @@ impl Pool {
         };
         let started = Instant::now();
         let deadline = started + settings.startup_timeout;
-        let mut next_log = started + STARTUP_LOG_EVERY;
+        // After the first check, then every few seconds.
+        let mut next_log = started;
         let mut last_error = String::from("not checked yet");
         while Instant::now() < deadline {
             vpn.check(name).await;
@@ -530,7 +531,14 @@ impl Pool {
         );
         tracing::warn!(node = name, credential = %credential.name, "{why}; removing it, the credential is not used for {:.0}s", settings.cooldown.as_secs_f64());
         self.cool_down(&credential.name, &why);
-        self.remove_node(name, &why).await;
+        // Removed in the background: the answer does not wait for Docker.
+        match self.me.get().and_then(std::sync::Weak::upgrade) {
+            Some(pool) => {
+                let (name, why) = (name.to_owned(), why.clone());
+                tokio::spawn(async move { pool.remove_node(&name, &why).await });
+            }
+            None => self.remove_node(name, &why).await,
+        }
         Err(ProvisionError::NoVpnNode(why))
     }
 
