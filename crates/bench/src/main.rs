@@ -10,6 +10,7 @@
 //! cargo run --release -p bench -- --load            # 200 clients, mixed routes, 60 s
 //! cargo run --release -p bench -- --soak-seconds 600  # the same mix for 10 min, RSS series
 //! cargo run --release -p bench -- --proxy           # the built-in stream proxy (fan-out, failovers...)
+//! cargo run --release -p bench -- --retention       # a year of traffic, then the database clean-up
 //! ```
 //!
 //! Progress goes to stderr, the summary to stdout. Exits 0 when the run
@@ -21,6 +22,7 @@ mod phases;
 mod procs;
 mod proxy;
 mod report;
+mod retention;
 mod sampler;
 
 use std::path::PathBuf;
@@ -196,6 +198,48 @@ struct Args {
     /// Proxy mode: engines for the sessions (MAX_STREAMS_PER_ENGINE=2).
     #[arg(long, default_value_t = 75)]
     proxy_session_engines: usize,
+
+    /// Retention mode instead of the default phases: --retention-sim-days of
+    /// traffic written through the orchestrator's store with backdated times
+    /// and the clean-up run every simulated hour, then the real binary started
+    /// on the file while clients measure the API during its start-up clean-up.
+    #[arg(long)]
+    retention: bool,
+
+    /// Retention mode: days of traffic simulated.
+    #[arg(long, default_value_t = 365)]
+    retention_sim_days: u32,
+
+    /// Retention mode: streams a day.
+    #[arg(long, default_value_t = 300.0)]
+    retention_streams_per_day: f64,
+
+    /// Retention mode: stat snapshots per stream (one per COLLECT_INTERVAL_S,
+    /// 720 = one hour at 5 s, the STATS_HISTORY_MAX cap).
+    #[arg(long, default_value_t = 720)]
+    retention_snapshots: u32,
+
+    /// Retention mode: STREAMS_RETENTION_DAYS.
+    #[arg(long, default_value_t = 30)]
+    retention_keep_days: u32,
+
+    /// Retention mode: the last days simulated without a clean-up (the
+    /// orchestrator was down, or the retention was just turned on): what the
+    /// real binary's start-up clean-up removes while it is measured.
+    #[arg(long, default_value_t = 7)]
+    retention_backlog_days: u32,
+
+    /// Retention mode: engines in the pool.
+    #[arg(long, default_value_t = 20)]
+    retention_engines: usize,
+
+    /// Retention mode: concurrent API clients during the measurement.
+    #[arg(long, default_value_t = 4)]
+    retention_clients: usize,
+
+    /// Retention mode: seconds measured after the start-up clean-up.
+    #[arg(long, default_value_t = 10.0)]
+    retention_after_seconds: f64,
 }
 
 impl Args {
@@ -329,6 +373,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
     procs::require_binary(&sim_bin, "the engine emulator binary")?;
     if args.proxy {
         return run_proxy(args, extra_env, orch_bin, sim_bin).await;
+    }
+    if args.retention {
+        let summary = retention::run(retention::RetentionConfig {
+            orch_bin,
+            sim_bin,
+            days: args.retention_sim_days,
+            streams_per_day: args.retention_streams_per_day,
+            snapshots_per_stream: args.retention_snapshots,
+            collect_interval_s: args.collect_interval,
+            keep_days: args.retention_keep_days,
+            backlog_days: args.retention_backlog_days,
+            engines: args.retention_engines.max(1),
+            clients: args.retention_clients.max(1),
+            after_seconds: args.retention_after_seconds,
+            extra_env,
+        })
+        .await?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&summary).context("cannot write the summary")?
+            );
+        } else {
+            retention::print(&summary);
+        }
+        return Ok(());
     }
 
     // 2. Engines.

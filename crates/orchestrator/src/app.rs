@@ -13,12 +13,15 @@ use tracing::Instrument;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::config::RuntimeChoice;
 use crate::pool::reconciler::Reconciler;
 use crate::pool::Pool;
 use crate::proxy::hub::{Proxy, ProxySettings};
 use crate::proxy::SessionConfig;
 use crate::registry::Registry;
-use crate::runtime::DockerRuntime;
+use crate::retention::{self, CleanupSettings};
+use crate::runtime::swarm::SwarmPlacement;
+use crate::runtime::{ContainerRuntime, DockerRuntime, SwarmRuntime};
 use crate::service::{Orchestrator, Settings};
 use crate::store::Store;
 use crate::vpn::{Vpn, VpnSettings};
@@ -39,6 +42,7 @@ pub struct App {
     vpn: Arc<Vpn>,
     stream_token: Option<Arc<str>>,
     api_key: Option<Arc<str>>,
+    cleanup: CleanupSettings,
 }
 
 impl App {
@@ -60,8 +64,8 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {addr} (APP_HOST/APP_PORT)"))?;
         let orch = Arc::new(Orchestrator::new(registry, store, settings));
-        let runtime = Arc::new(DockerRuntime::from_env());
-        let runtime_for_vpn: Arc<dyn crate::runtime::ContainerRuntime> = runtime.clone();
+        let runtime = container_runtime(config).await;
+        let runtime_for_vpn = runtime.clone();
         let (pool, reconciler) = Pool::from_config(runtime, orch.clone(), config);
         let proxy = Proxy::new(orch.clone(), proxy_settings(config));
         let vpn = Vpn::new(vpn_settings(config), runtime_for_vpn, orch.clone());
@@ -90,6 +94,7 @@ impl App {
             vpn,
             stream_token: config.stream_token.as_deref().map(Arc::from),
             api_key: config.api_key.as_deref().map(Arc::from),
+            cleanup: CleanupSettings::from_config(config),
         })
     }
 
@@ -119,6 +124,10 @@ impl App {
         tasks.spawn(
             collector::run(self.orch.clone(), shutdown.clone())
                 .instrument(tracing::info_span!("collector")),
+        );
+        tasks.spawn(
+            retention::run(self.orch.clone(), self.cleanup, shutdown.clone())
+                .instrument(tracing::info_span!("db_cleanup")),
         );
         tasks.spawn(
             maintenance(self.orch.clone(), shutdown.clone())
@@ -172,6 +181,25 @@ impl App {
         self.orch.flush().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The runtime `RUNTIME` names, on the Docker daemon of `DOCKER_HOST`.
+async fn container_runtime(config: &Config) -> Arc<dyn ContainerRuntime> {
+    let docker = DockerRuntime::from_env();
+    match config.runtime {
+        RuntimeChoice::Docker => Arc::new(docker),
+        RuntimeChoice::Swarm => {
+            let placement = SwarmPlacement::parse(&config.engine_placement);
+            tracing::info!(network = ?config.swarm_network, constraints = ?placement.constraints, spread = ?placement.spread, "engines run as Docker Swarm services");
+            let swarm = SwarmRuntime::new(docker, placement);
+            // Say now, not at the first failed provision, when the socket is
+            // not a manager's.
+            if let Err(error) = swarm.ping().await {
+                tracing::warn!(%error, "RUNTIME=swarm: the Docker daemon cannot manage services yet");
+            }
+            Arc::new(swarm)
+        }
     }
 }
 

@@ -79,6 +79,60 @@ fn parse_non_negative_seconds(text: &str) -> Result<f64, String> {
     Ok(value)
 }
 
+/// `RUNTIME`: where engines run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    Docker,
+    Swarm,
+}
+
+fn parse_runtime(text: &str) -> Result<RuntimeChoice, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "docker" => Ok(RuntimeChoice::Docker),
+        "swarm" => Ok(RuntimeChoice::Swarm),
+        other => Err(format!("'{other}' is not a runtime: docker or swarm")),
+    }
+}
+
+/// `512m`, `1g`, `256k` or bytes, as `docker run --memory` takes them; at
+/// least 6 MiB (Docker's own minimum).
+fn parse_memory(text: &str) -> Result<i64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let lower = lower.strip_suffix('b').unwrap_or(&lower);
+    let (digits, unit) = match lower.char_indices().last() {
+        Some((at, c @ ('k' | 'm' | 'g'))) => (&lower[..at], c),
+        _ => (lower, ' '),
+    };
+    let scale: i64 = match unit {
+        'k' => 1 << 10,
+        'm' => 1 << 20,
+        'g' => 1 << 30,
+        _ => 1,
+    };
+    let value: i64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a memory size like 512m or 1g"))?;
+    let bytes = value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("'{text}' is too large"))?;
+    if bytes < 6 << 20 {
+        return Err(format!("'{text}' is below Docker's minimum of 6m"));
+    }
+    Ok(bytes)
+}
+
+fn parse_cpus(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of CPU cores like 1.5"))?;
+    if !value.is_finite() || value < 0.01 {
+        return Err(format!("'{text}' must be at least 0.01 cores"));
+    }
+    Ok(value)
+}
+
 /// Every setting, each with its environment variable. `--help` lists them all
 /// with their defaults. The value names are the variable names so that a parse
 /// error names the variable an operator would edit.
@@ -200,7 +254,22 @@ pub struct Config {
     )]
     pub stats_history_max: usize,
 
-    /// Ended streams kept in memory for `GET /streams` (all stay in the database).
+    /// Days an ended stream and its stat snapshots are kept in the database
+    /// (0 keeps them forever).
+    #[arg(
+        long,
+        env = "STREAMS_RETENTION_DAYS",
+        value_name = "STREAMS_RETENTION_DAYS",
+        default_value_t = 30
+    )]
+    pub streams_retention_days: u32,
+
+    /// Seconds between two database clean-ups (expired streams, then giving
+    /// freed space back); one also runs at start.
+    #[arg(long, env = "DB_CLEANUP_INTERVAL_S", value_name = "DB_CLEANUP_INTERVAL_S", default_value = "3600", value_parser = parse_seconds)]
+    pub db_cleanup_interval_s: f64,
+
+    /// Ended streams kept in memory for `GET /streams` (the database keeps them for `STREAMS_RETENTION_DAYS`).
     #[arg(
         long,
         env = "ENDED_STREAMS_MAX",
@@ -401,6 +470,38 @@ pub struct Config {
     /// Docker network for engine containers.
     #[arg(long, env = "DOCKER_NETWORK", value_name = "DOCKER_NETWORK")]
     pub docker_network: Option<String>,
+
+    /// Where engines run: `docker` (containers on this Docker host) or
+    /// `swarm` (one Docker Swarm service per engine, on any node; needs
+    /// SWARM_NETWORK and a manager node's Docker socket).
+    #[arg(long, env = "RUNTIME", value_name = "RUNTIME", default_value = "docker", value_parser = parse_runtime)]
+    pub runtime: RuntimeChoice,
+
+    /// RUNTIME=swarm: the attachable overlay network the engines join; the
+    /// orchestrator, attached to it too, reaches each engine by its service
+    /// name.
+    #[arg(long, env = "SWARM_NETWORK", value_name = "SWARM_NETWORK")]
+    pub swarm_network: Option<String>,
+
+    /// RUNTIME=swarm: placement constraints for engines, comma-separated
+    /// (`node.labels.acestream==true,node.role==worker`). Engines are spread
+    /// over the nodes that qualify (a `spread=node.labels.zone` item spreads
+    /// over that label instead of node.id).
+    #[arg(
+        long,
+        env = "ENGINE_PLACEMENT",
+        value_name = "ENGINE_PLACEMENT",
+        value_delimiter = ','
+    )]
+    pub engine_placement: Vec<String>,
+
+    /// Memory limit of every engine (`512m`, `1g`, or bytes); none when unset.
+    #[arg(long, env = "ENGINE_MEMORY_LIMIT", value_name = "ENGINE_MEMORY_LIMIT", value_parser = parse_memory)]
+    pub engine_memory_limit: Option<i64>,
+
+    /// CPU limit of every engine, in cores (`1.5`); none when unset.
+    #[arg(long, env = "ENGINE_CPU_LIMIT", value_name = "ENGINE_CPU_LIMIT", value_parser = parse_cpus)]
+    pub engine_cpu_limit: Option<f64>,
 
     /// Engines kept free (without a stream).
     #[arg(
@@ -610,6 +711,32 @@ impl Config {
                 return Err(invalid("MAX_ENGINES_PER_VPN", "must be 1 or more"));
             }
         }
+        if self.runtime == RuntimeChoice::Swarm {
+            if self
+                .swarm_network
+                .as_deref()
+                .is_none_or(|n| n.trim().is_empty())
+            {
+                return Err(invalid(
+                    "SWARM_NETWORK",
+                    "RUNTIME=swarm needs the overlay network the engines and the orchestrator share",
+                ));
+            }
+            if !self.vpn_nodes().is_empty() || self.vpn_configs_dir.is_some() {
+                return Err(invalid(
+                    "RUNTIME",
+                    "swarm cannot run engines behind Gluetun containers (GLUETUN_CONTAINER_NAME/GLUETUN_CONTAINERS/VPN_CONFIGS_DIR): a service cannot join another container's network namespace",
+                ));
+            }
+        }
+        if let Some(bad) = self.engine_placement.iter().map(|c| c.trim()).find(|c| {
+            !c.is_empty() && !c.starts_with("spread=") && !c.contains("==") && !c.contains("!=")
+        }) {
+            return Err(invalid(
+                "ENGINE_PLACEMENT",
+                format!("'{bad}' is not a constraint like node.labels.acestream==true"),
+            ));
+        }
         self.db_path()?;
         Ok(())
     }
@@ -747,6 +874,23 @@ mod tests {
             ),
             (&["--db-url", "postgres://x"], "DB_URL"),
             (&["--auto-delete", "maybe"], "AUTO_DELETE"),
+            (&["--runtime", "kubernetes"], "RUNTIME"),
+            (&["--runtime", "swarm"], "SWARM_NETWORK"),
+            (
+                &[
+                    "--runtime",
+                    "swarm",
+                    "--swarm-network",
+                    "n",
+                    "--gluetun-container-name",
+                    "g",
+                ],
+                "RUNTIME",
+            ),
+            (&["--engine-placement", "node.labels.x"], "ENGINE_PLACEMENT"),
+            (&["--engine-memory-limit", "lots"], "ENGINE_MEMORY_LIMIT"),
+            (&["--engine-memory-limit", "1k"], "ENGINE_MEMORY_LIMIT"),
+            (&["--engine-cpu-limit", "0"], "ENGINE_CPU_LIMIT"),
             (
                 &["--cors-allow-origins", "not an origin"],
                 "CORS_ALLOW_ORIGINS",
@@ -756,6 +900,32 @@ mod tests {
             let err = parse(args).expect_err(&format!("{args:?} should be refused"));
             assert!(err.contains(var), "{args:?}: '{err}' does not name {var}");
         }
+    }
+
+    #[test]
+    fn swarm_settings() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.runtime, RuntimeChoice::Docker);
+        let c = parse(&[
+            "--runtime",
+            "Swarm",
+            "--swarm-network",
+            "acestream",
+            "--engine-placement",
+            "node.labels.acestream==true, node.role!=manager,spread=node.labels.zone",
+            "--engine-memory-limit",
+            "512m",
+            "--engine-cpu-limit",
+            "1.5",
+        ])
+        .unwrap();
+        assert_eq!(c.runtime, RuntimeChoice::Swarm);
+        assert_eq!(c.engine_placement.len(), 3);
+        assert_eq!(c.engine_memory_limit, Some(512 << 20));
+        assert_eq!(c.engine_cpu_limit, Some(1.5));
+        assert_eq!(parse_memory("1G"), Ok(1 << 30));
+        assert_eq!(parse_memory("10485760"), Ok(10 << 20));
+        assert_eq!(parse_memory("64mb"), Ok(64 << 20));
     }
 
     #[test]

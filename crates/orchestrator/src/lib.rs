@@ -16,6 +16,7 @@ pub mod pool;
 pub mod ports;
 pub mod proxy;
 pub mod registry;
+pub mod retention;
 pub mod runtime;
 pub mod select;
 pub mod serve;

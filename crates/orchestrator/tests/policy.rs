@@ -41,6 +41,7 @@ fn settings(min_replicas: u32) -> PoolSettings {
         image: "engine:test".into(),
         label: label(),
         network: None,
+        limits: Default::default(),
         map_https: false,
         startup_timeout: Duration::from_secs(5),
         min_replicas,

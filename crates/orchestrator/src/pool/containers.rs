@@ -38,6 +38,7 @@ impl Pool {
             labels,
             ports: request.ports,
             network: self.settings.network.clone(),
+            limits: self.settings.limits,
             ..Default::default()
         };
         let info = self.runtime.create_and_start(spec).await?;

@@ -31,13 +31,14 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, RuntimeChoice};
 use crate::domain::labels::VPN_NODE_LABEL;
 use crate::domain::{CheckSource, HealthCheck, RuntimeKind};
 use crate::engine_client::millis;
 use crate::ports::{EnginePortSet, EnginePorts, PortError};
 use crate::runtime::{
-    ContainerInfo, ContainerRuntime, ContainerSpec, Label, PortMapping, RuntimeError,
+    ContainerInfo, ContainerRuntime, ContainerSpec, Label, PortMapping, ResourceLimits,
+    RuntimeError, TaskPlacement,
 };
 use crate::service::{Orchestrator, Provisioner};
 use crate::time::Timestamp;
@@ -95,7 +96,11 @@ impl From<RuntimeError> for ProvisionError {
 pub struct PoolSettings {
     pub image: String,
     pub label: Label,
+    /// `DOCKER_NETWORK`, or `SWARM_NETWORK` with RUNTIME=swarm: engines on
+    /// it are reached by name.
     pub network: Option<String>,
+    /// `ENGINE_MEMORY_LIMIT`, `ENGINE_CPU_LIMIT`.
+    pub limits: ResourceLimits,
     pub map_https: bool,
     pub startup_timeout: Duration,
     pub min_replicas: u32,
@@ -119,7 +124,16 @@ impl PoolSettings {
         Self {
             image: config.target_image.clone(),
             label: config.container_label.clone(),
-            network: config.docker_network.clone(),
+            network: match config.runtime {
+                RuntimeChoice::Docker => config.docker_network.clone(),
+                RuntimeChoice::Swarm => config.swarm_network.clone(),
+            },
+            limits: ResourceLimits {
+                memory_bytes: config.engine_memory_limit,
+                nano_cpus: config
+                    .engine_cpu_limit
+                    .map(|cores| (cores * 1e9).round() as i64),
+            },
             map_https: config.ace_map_https,
             startup_timeout: Duration::from_secs_f64(config.startup_timeout_s),
             min_replicas: config.min_replicas,
@@ -222,6 +236,8 @@ pub struct Pool {
     me: OnceLock<std::sync::Weak<Pool>>,
     /// To the reconciler task: `/scale` and `/gc` are commands to it.
     commands: mpsc::Sender<Command>,
+    /// The current Swarm task of each engine, as last seen by the resync.
+    tasks: Mutex<std::collections::HashMap<String, TaskPlacement>>,
 }
 
 impl Pool {
@@ -250,6 +266,7 @@ impl Pool {
             node_generation: AtomicU64::new(0),
             me: OnceLock::new(),
             commands,
+            tasks: Mutex::new(Default::default()),
         });
         let _ = pool.me.set(Arc::downgrade(&pool));
         let as_provisioner: Arc<dyn Provisioner> = pool.clone();
@@ -404,6 +421,7 @@ impl Pool {
             labels,
             ports: published,
             network,
+            limits: self.settings.limits,
             ..Default::default()
         };
         let info = self.create_named(spec).await.map_err(|e| match e {

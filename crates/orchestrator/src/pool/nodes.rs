@@ -442,6 +442,8 @@ impl Pool {
             network: self.settings.network.clone(),
             cap_add: vec!["NET_ADMIN".into()],
             devices: settings.tun_device.iter().cloned().collect(),
+            // A Gluetun node is small; the engines' caps are for engines.
+            ..Default::default()
         };
         // Leased before it exists, so that no other grow takes the credential.
         self.fleet.lock().leases.insert(

@@ -186,6 +186,26 @@ impl Registry {
         }
     }
 
+    /// Forgets ended streams that ended before `cutoff` (and their stat
+    /// history): the retention clean-up removes them from the database, so
+    /// `GET /streams` stops showing them too. Returns how many went.
+    pub fn forget_ended_before(&mut self, cutoff: Timestamp) -> usize {
+        let streams = &mut self.streams;
+        let stats = &mut self.stats;
+        let before = self.ended_order.len();
+        self.ended_order.retain(|id| {
+            let expired = streams.get(id).is_some_and(|s| {
+                s.status == StreamStatus::Ended && s.ended_at.is_some_and(|at| at < cutoff)
+            });
+            if expired {
+                streams.remove(id);
+                stats.remove(id);
+            }
+            !expired
+        });
+        before - self.ended_order.len()
+    }
+
     /// The `stream_ended` event: by stream id; without one, the newest started
     /// stream of the container. Returns whether anything changed and the stream, if known.
     pub fn stream_ended(
