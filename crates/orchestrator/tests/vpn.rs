@@ -729,6 +729,11 @@ async fn on_demand_nodes_come_with_the_engines_one_credential_each_and_go_when_i
         "no private key in /vpn/nodes"
     );
 
+    assert!(
+        orch.logs().contains("VPN node is up; engines go behind it"),
+        "the wait for the tunnel is logged"
+    );
+
     // No credential left: the answer says so.
     let (status, body) = orch.post("/provision/acestream", json!({})).await;
     assert_eq!(status, 503, "{body}");
@@ -992,5 +997,71 @@ async fn static_nodes_fill_first_and_on_demand_nodes_take_the_rest() {
         status["container_name"],
         static_name.as_str(),
         "the first static node"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_runs_its_tunnel_is_removed_and_its_credential_cools_down() {
+    // No such image: the answer names the setting.
+    let (missing, _) = on_demand(
+        "21660-21669",
+        &[("a", 51)],
+        &[("GLUETUN_IMAGE", "acestream-no-such-gluetun:latest")],
+    )
+    .await;
+    let (status, body) = missing.orch.post("/provision/acestream", json!({})).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("GLUETUN_IMAGE 'acestream-no-such-gluetun:latest' is not available"),
+        "{body}"
+    );
+    drop(missing);
+
+    // A container whose control server never answers (an engine emulator
+    // in place of Gluetun): given up after VPN_STARTUP_TIMEOUT_S.
+    let (t, written) = on_demand(
+        "21670-21679",
+        &[("a", 52)],
+        &[
+            ("GLUETUN_IMAGE", "acestream-engine-sim:latest"),
+            ("VPN_STARTUP_TIMEOUT_S", "3"),
+        ],
+    )
+    .await;
+    let orch = &t.orch;
+    let (status, body) = orch.post("/provision/acestream", json!({})).await;
+    assert_eq!(status, 503, "{body}");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("did not report its tunnel running") && detail.contains(&written[0].0),
+        "{detail}"
+    );
+    assert!(orch
+        .logs()
+        .contains("waiting for the new VPN node's tunnel"));
+    wait_for(
+        "the node removed, its credential cooling down",
+        Duration::from_secs(30),
+        || async {
+            let (_, credentials) = orch.get("/vpn/credentials").await;
+            (node_containers(orch).is_empty()
+                && nodes(orch).await.is_empty()
+                && credentials[0]["status"] == "cooling_down")
+                .then_some(())
+        },
+    )
+    .await;
+    // The only credential cools down: the next engine is refused at once.
+    let (status, body) = orch.post("/provision/acestream", json!({})).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1 cooling down after a failure"),
+        "{body}"
     );
 }

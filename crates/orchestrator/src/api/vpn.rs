@@ -32,7 +32,7 @@ pub async fn nodes(State(state): State<AppState>) -> Json<Vec<NodeView>> {
 #[utoipa::path(
     get, path = "/vpn/credentials", tag = "vpn", operation_id = "vpnCredentials",
     summary = "The WireGuard credentials nodes are created with",
-    description = "Each `.conf` file of VPN_CONFIGS_DIR (read again at each call): `free`, `leased` (with the node holding it), `cooling_down` (its node failed; with until when and why) or `invalid` (with the file, line and field at fault). Never a private or preshared key. Empty without VPN_CONFIGS_DIR.",
+    description = "Each `.conf` file of VPN_CONFIGS_DIR, as last read (at start, every MONITOR_INTERVAL_S and before a node is created): `free`, `leased` (with the node holding it), `cooling_down` (its node failed; with until when and why) or `invalid` (with the file, line and field at fault). Never a private or preshared key. Empty without VPN_CONFIGS_DIR.",
     responses((status = 200, description = "The credentials, by name.", body = [CredentialView])),
 )]
 pub async fn credentials(State(state): State<AppState>) -> Json<Vec<CredentialView>> {

@@ -232,6 +232,8 @@ pub struct Pool {
     grow_lock: tokio::sync::Mutex<()>,
     /// Nodes added so far (see [`Pool::grow_nodes`]).
     node_generation: AtomicU64,
+    /// Itself, for work that outlives a call (removing a node that failed).
+    me: OnceLock<std::sync::Weak<Pool>>,
     /// To the reconciler task: `/scale` and `/gc` are commands to it.
     commands: mpsc::Sender<Command>,
     /// The current Swarm task of each engine, as last seen by the resync.
@@ -262,9 +264,11 @@ impl Pool {
             fleet: Mutex::new(nodes::Fleet::default()),
             grow_lock: tokio::sync::Mutex::new(()),
             node_generation: AtomicU64::new(0),
+            me: OnceLock::new(),
             commands,
             tasks: Mutex::new(Default::default()),
         });
+        let _ = pool.me.set(Arc::downgrade(&pool));
         let as_provisioner: Arc<dyn Provisioner> = pool.clone();
         orch.set_provisioner(Arc::downgrade(&as_provisioner));
         let reconciler = Reconciler::new(pool.clone(), inbox);

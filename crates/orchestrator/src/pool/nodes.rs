@@ -69,6 +69,8 @@ struct Lease {
     ready: bool,
     /// Being removed: no engine goes behind it.
     retiring: bool,
+    /// Its tunnel never ran: to be removed (again, if a removal failed).
+    failed: bool,
     /// Since when it has had no engine.
     empty_since: Option<Instant>,
     /// Host ports and in-container ports it publishes (the control port's
@@ -169,12 +171,12 @@ impl Pool {
         fleet.credentials = found;
     }
 
-    /// Every credential and what it is doing.
+    /// Every credential and what it is doing, as the directory was last read
+    /// (at start, at each upkeep and before a node is created).
     pub fn credentials(&self) -> Vec<CredentialView> {
         if self.on_demand().is_none() {
             return Vec::new();
         }
-        self.reload_credentials();
         let fleet = self.fleet.lock();
         let now = Instant::now();
         let mut views: Vec<CredentialView> = fleet
@@ -254,6 +256,7 @@ impl Pool {
                         credential: credential.clone(),
                         ready: true,
                         retiring: false,
+                        failed: false,
                         empty_since: None,
                         host_ports,
                         container_ports,
@@ -449,6 +452,7 @@ impl Pool {
                 credential: credential.name.clone(),
                 ready: false,
                 retiring: false,
+                failed: false,
                 empty_since: None,
                 host_ports: host_ports.clone(),
                 container_ports: container_ports.clone(),
@@ -494,7 +498,8 @@ impl Pool {
         };
         let started = Instant::now();
         let deadline = started + settings.startup_timeout;
-        let mut next_log = started + STARTUP_LOG_EVERY;
+        // After the first check, then every few seconds.
+        let mut next_log = started;
         let mut last_error = String::from("not checked yet");
         while Instant::now() < deadline {
             vpn.check(name).await;
@@ -532,7 +537,18 @@ impl Pool {
         );
         tracing::warn!(node = name, credential = %credential.name, "{why}; removing it, the credential is not used for {:.0}s", settings.cooldown.as_secs_f64());
         self.cool_down(&credential.name, &why);
-        self.remove_node(name, &why).await;
+        if let Some(lease) = self.fleet.lock().leases.get_mut(name) {
+            lease.failed = true;
+            lease.retiring = true;
+        }
+        // Removed in the background: the answer does not wait for Docker.
+        match self.me.get().and_then(std::sync::Weak::upgrade) {
+            Some(pool) => {
+                let (name, why) = (name.to_owned(), why.clone());
+                tokio::spawn(async move { pool.remove_node(&name, &why).await });
+            }
+            None => self.remove_node(name, &why).await,
+        }
         Err(ProvisionError::NoVpnNode(why))
     }
 
@@ -597,6 +613,12 @@ impl Pool {
             let mut fleet = self.fleet.lock();
             fleet.cooling.retain(|_, (until, ..)| *until > now);
             for (name, lease) in fleet.leases.iter_mut() {
+                // A node that never ran, whose removal failed: again.
+                if lease.failed && !lease.retiring {
+                    lease.retiring = true;
+                    idle.push((name.clone(), "its tunnel never ran".to_owned()));
+                    continue;
+                }
                 if !lease.ready || lease.retiring {
                     continue;
                 }
@@ -617,17 +639,19 @@ impl Pool {
                 let since = *lease.empty_since.get_or_insert(now);
                 if now.duration_since(since) >= settings.idle_grace {
                     lease.retiring = true;
-                    idle.push(name.clone());
+                    idle.push((
+                        name.clone(),
+                        format!(
+                            "no engine behind it for {:.0}s",
+                            settings.idle_grace.as_secs_f64()
+                        ),
+                    ));
                 }
             }
         }
-        for name in idle {
+        for (name, reason) in idle {
             let pool = self.clone();
-            let idle_s = settings.idle_grace.as_secs_f64();
-            tokio::spawn(async move {
-                pool.remove_node(&name, &format!("no engine behind it for {idle_s:.0}s"))
-                    .await;
-            });
+            tokio::spawn(async move { pool.remove_node(&name, &reason).await });
         }
         for (name, credential, down_for, error) in down {
             tokio::spawn(self.clone().retire_node(name, credential, down_for, error));
