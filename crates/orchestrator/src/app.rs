@@ -226,10 +226,9 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
             window: config.hls_window_size as usize,
             // A player fetches about once a segment; four missed ones and it is gone.
             viewer_timeout: Duration::from_secs_f64(config.hls_segment_s * 4.0),
-            // The start (failover timeout) plus two segments' worth of stream.
-            first_segment_wait: Duration::from_secs_f64(
-                config.proxy_failover_timeout_s + config.hls_segment_s * 3.0,
-            ),
+            // After the start (bounded by PROXY_FAILOVER_TIMEOUT_S): a
+            // segment needs two keyframes, so a few targets and some slack.
+            first_segment_wait: Duration::from_secs_f64(config.hls_segment_s * 3.0 + 5.0),
         },
         public_url: config.public_url.clone(),
         playlists: FetchPolicy {

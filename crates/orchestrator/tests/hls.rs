@@ -236,6 +236,22 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
     let moved = started(&orch).await;
     assert_ne!(moved[0]["container_id"], engine.as_str(), "{moved:?}");
 
+    // The TS player leaves: HLS viewers alone keep the session (the linger is
+    // 1 s, and ffmpeg plays on for several seconds).
+    ts_reader.abort();
+    wait_for(
+        "the stream to count HLS viewers only",
+        Duration::from_secs(5),
+        || async {
+            let s = started(&orch).await;
+            (s.len() == 1
+                && s[0]["viewers_by_kind"]["ts"] == 0
+                && s[0]["viewers_by_kind"]["hls"].as_u64() >= Some(1))
+            .then_some(())
+        },
+    )
+    .await;
+
     let output = ffmpeg
         .await
         .unwrap()
@@ -256,6 +272,7 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
     // Segments that slid out are gone, unknown tokens and files too, each
     // with its reason.
     let first = segments(&text(&client, &playlist_url).await)[0].0;
+    assert!(first > 0, "the window has slid over a 20 s run");
     let gone = client
         .get(playlist_url.replace("index.m3u8", &format!("{}.ts", first - 1)))
         .send()
@@ -284,7 +301,6 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
     // Everyone leaves: HLS viewers by no longer fetching (4 segment
     // durations), then the linger; the session ends and the engine's stream
     // closes.
-    ts_reader.abort();
     wait_for(
         "the session to end once nobody fetches",
         Duration::from_secs(30),
