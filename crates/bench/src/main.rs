@@ -10,17 +10,23 @@
 //! cargo run --release -p bench -- --load            # 200 clients, mixed routes, 60 s
 //! cargo run --release -p bench -- --soak-seconds 600  # the same mix for 10 min, RSS series
 //! cargo run --release -p bench -- --proxy           # the built-in stream proxy (fan-out, failovers...)
+//! cargo run --release -p bench -- --retention       # a year of traffic, then the database clean-up
+//! cargo run --release -p bench -- --hls             # 200 HLS viewers of one stream
+//! cargo run --release -p bench -- --panel           # one dashboard's event stream, bytes/s
 //! ```
 //!
 //! Progress goes to stderr, the summary to stdout. Exits 0 when the run
 //! completed (whether or not every target passed), non-zero when the harness
 //! itself failed. See docs/PERFORMANCE.md.
 
+mod hls;
 mod load;
+mod panel;
 mod phases;
 mod procs;
 mod proxy;
 mod report;
+mod retention;
 mod sampler;
 
 use std::path::{Path, PathBuf};
@@ -185,12 +191,39 @@ struct Args {
     #[arg(long, default_value_t = 0.10)]
     hung_share: f64,
 
+    /// Panel mode instead of the default phases: register --engines (--hung of
+    /// them hung), then measure one dashboard's event stream (bytes/s while
+    /// the pool is checked every --interval) and a dashboard polling
+    /// `?since=` every 2 s, for --panel-seconds.
+    #[arg(long)]
+    panel: bool,
+
+    /// Panel mode: seconds to measure after the snapshot.
+    #[arg(long, default_value_t = 30.0)]
+    panel_seconds: f64,
+
     /// Proxy mode instead of the default phases: the built-in stream proxy
     /// (`GET /ace/getstream`) with emulated engines serving real video: time to
     /// first byte, fan-out, crash and hang failovers, headroom, many sessions.
     /// --engines, --hung and the phase options do not apply.
     #[arg(long)]
     proxy: bool,
+
+    /// HLS mode instead of the default phases: viewers of one stream through
+    /// `GET /ace/manifest.m3u8`, each reloading its playlist and fetching
+    /// every new segment like a player; orchestrator CPU and memory. Takes
+    /// --proxy-bitrate, --proxy-size, --proxy-step-seconds (the measured
+    /// window) and --json.
+    #[arg(long)]
+    hls: bool,
+
+    /// HLS mode: viewers.
+    #[arg(long, default_value_t = 200)]
+    hls_viewers: usize,
+
+    /// HLS mode: HLS_SEGMENT_S of the orchestrator.
+    #[arg(long, default_value_t = 2.0)]
+    hls_segment_s: f64,
 
     /// Proxy mode: what to run, comma-separated, of ttfb, fanout, crash, hang,
     /// headroom, sessions.
@@ -241,6 +274,48 @@ struct Args {
     /// Proxy mode: engines for the sessions (MAX_STREAMS_PER_ENGINE=2).
     #[arg(long, default_value_t = 75)]
     proxy_session_engines: usize,
+
+    /// Retention mode instead of the default phases: --retention-sim-days of
+    /// traffic written through the orchestrator's store with backdated times
+    /// and the clean-up run every simulated hour, then the real binary started
+    /// on the file while clients measure the API during its start-up clean-up.
+    #[arg(long)]
+    retention: bool,
+
+    /// Retention mode: days of traffic simulated.
+    #[arg(long, default_value_t = 365)]
+    retention_sim_days: u32,
+
+    /// Retention mode: streams a day.
+    #[arg(long, default_value_t = 300.0)]
+    retention_streams_per_day: f64,
+
+    /// Retention mode: stat snapshots per stream (one per COLLECT_INTERVAL_S,
+    /// 720 = one hour at 5 s, the STATS_HISTORY_MAX cap).
+    #[arg(long, default_value_t = 720)]
+    retention_snapshots: u32,
+
+    /// Retention mode: STREAMS_RETENTION_DAYS.
+    #[arg(long, default_value_t = 30)]
+    retention_keep_days: u32,
+
+    /// Retention mode: the last days simulated without a clean-up (the
+    /// orchestrator was down, or the retention was just turned on): what the
+    /// real binary's start-up clean-up removes while it is measured.
+    #[arg(long, default_value_t = 7)]
+    retention_backlog_days: u32,
+
+    /// Retention mode: engines in the pool.
+    #[arg(long, default_value_t = 20)]
+    retention_engines: usize,
+
+    /// Retention mode: concurrent API clients during the measurement.
+    #[arg(long, default_value_t = 4)]
+    retention_clients: usize,
+
+    /// Retention mode: seconds measured after the start-up clean-up.
+    #[arg(long, default_value_t = 10.0)]
+    retention_after_seconds: f64,
 }
 
 impl Args {
@@ -352,7 +427,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let extra_env = parse_env(&args.orch_env)?;
-    if args.proxy {
+    if args.hls {
+        check_fd_limit(args.hls_viewers);
+    } else if args.proxy {
         let viewers = args.proxy_viewers.iter().copied().max().unwrap_or(0);
         check_fd_limit(viewers.max(args.proxy_sessions));
     } else {
@@ -378,8 +455,65 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     procs::require_binary(&orch_bin, "the orchestrator binary")?;
     procs::require_binary(&sim_bin, "the engine emulator binary")?;
+    if args.hls {
+        if args.hls_viewers == 0 || !(1.0..=10.0).contains(&args.hls_segment_s) {
+            bail!("--hls-viewers must be 1 or more and --hls-segment-s between 1 and 10");
+        }
+        if !args.proxy_step_seconds.is_finite() || args.proxy_step_seconds <= 0.0 {
+            bail!("--proxy-step-seconds must be a number of seconds above 0");
+        }
+        return hls::run(hls::HlsBenchConfig {
+            viewers: args.hls_viewers,
+            seconds: Duration::from_secs_f64(args.proxy_step_seconds),
+            segment_s: args.hls_segment_s,
+            proxy: proxy::ProxyConfig {
+                orch_bin,
+                sim_bin,
+                viewer_steps: Vec::new(),
+                step: Duration::from_secs_f64(args.proxy_step_seconds),
+                bitrate: args.proxy_bitrate.clone(),
+                size: args.proxy_size.clone(),
+                engines: None,
+                joins: 0,
+                failovers: 0,
+                headroom_failovers: 0,
+                sessions: 0,
+                session_engines: 0,
+                parts: Default::default(),
+                extra_env,
+                json: args.json,
+            },
+        })
+        .await;
+    }
     if args.proxy {
         return run_proxy(args, extra_env, orch_bin, sim_bin).await;
+    }
+    if args.retention {
+        let summary = retention::run(retention::RetentionConfig {
+            orch_bin,
+            sim_bin,
+            days: args.retention_sim_days,
+            streams_per_day: args.retention_streams_per_day,
+            snapshots_per_stream: args.retention_snapshots,
+            collect_interval_s: args.collect_interval,
+            keep_days: args.retention_keep_days,
+            backlog_days: args.retention_backlog_days,
+            engines: args.retention_engines.max(1),
+            clients: args.retention_clients.max(1),
+            after_seconds: args.retention_after_seconds,
+            extra_env,
+        })
+        .await?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&summary).context("cannot write the summary")?
+            );
+        } else {
+            retention::print(&summary);
+        }
+        return Ok(());
     }
     if let Some(sizes) = args.scale.clone() {
         return run_scale(args, &sizes, extra_env, orch_bin, sim_bin).await;
@@ -461,6 +595,14 @@ async fn run_one(
     });
 
     let result = match args.load_mode_seconds() {
+        _ if args.panel => {
+            match register_and_warm_up(args, &mut orch, &mut sampler, &expect).await {
+                Ok(_) => panel::measure(&orch.base, args.panel_seconds)
+                    .await
+                    .map(Parts::Panel),
+                Err(e) => Err(e),
+            }
+        }
         Some(seconds) => {
             measure_load(
                 args,
@@ -500,6 +642,17 @@ async fn run_one(
 
     let parts = match result? {
         Parts::Default(parts) => *parts,
+        Parts::Panel(result) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result).context("cannot write the summary")?
+                );
+            } else {
+                panel::print(args.engines, args.hung, args.interval, &result);
+            }
+            return Ok(None);
+        }
         Parts::Load {
             register,
             warm_up,
@@ -690,6 +843,7 @@ async fn run_proxy(
 
 enum Parts {
     Default(Box<Measured>),
+    Panel(panel::PanelResult),
     Load {
         register: Duration,
         warm_up: Duration,

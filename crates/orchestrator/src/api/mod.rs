@@ -6,9 +6,11 @@ mod containers;
 mod engines;
 pub mod error;
 mod events;
+mod hls;
 mod openapi;
 pub mod panel;
 mod play;
+mod playlist;
 mod streams;
 mod system;
 mod vpn;
@@ -47,6 +49,8 @@ pub struct AppState {
     /// Cancelled at shutdown; endless responses (the dashboard's event stream)
     /// end with it instead of holding the drain up.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// What open dashboards are sent: versioned deltas of the pool.
+    pub panel: Arc<panel::Feed>,
 }
 
 /// One row of the route table: method, path, and whether it needs the API key.
@@ -91,6 +95,11 @@ routes! {
     POST "/engines/select" true => post(engines::select);
     POST "/health/check" true => post(engines::check_all);
     GET "/ace/getstream" false => get(play::getstream);
+    GET "/ace/manifest.m3u8" false => get(hls::manifest);
+    GET "/ace/hls/{token}/{file}" false => get(hls::file);
+    POST "/playlist" false => post(playlist::rewrite_posted)
+        .layer(DefaultBodyLimit::max(crate::playlist::MAX_BYTES));
+    GET "/playlist" false => get(playlist::rewrite_remote);
     GET "/streams" false => get(streams::list).layer(compression());
     GET "/streams/{id}" false => get(streams::get);
     DELETE "/streams/{id}" true => delete(streams::stop);
@@ -99,6 +108,7 @@ routes! {
     POST "/events/stream_ended" true => post(events::stream_ended);
     GET "/vpn/status" false => get(vpn::status);
     GET "/vpn/nodes" false => get(vpn::nodes);
+    GET "/vpn/credentials" false => get(vpn::credentials);
     GET "/metrics" false => get(system::metrics);
     GET "/openapi.json" false => get(system::openapi).layer(compression());
     GET "/health/live" false => get(system::live);
