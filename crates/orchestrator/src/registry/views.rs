@@ -68,29 +68,56 @@ impl Serialize for EngineList<'_> {
 }
 
 impl Registry {
-    /// The engines `filter` lets through, ordered by id, as the JSON array
-    /// of `GET /engines`. `size_hint` is the expected length in bytes (the
-    /// last answer's), so the buffer is allocated once instead of doubling
-    /// its way to megabytes.
-    pub fn engines_json_filtered(
+    /// Appends to `out` the engines after `after` (by id) that `filter`
+    /// lets through, at most `max` engines looked at, each preceded by a
+    /// comma unless it is the list's first (`first`). Answers the id to go
+    /// on after, or `None` when the list is complete. A caller can thus
+    /// write a large list in pieces, letting the lock go in between.
+    pub fn append_engines_json(
         &self,
         now: Timestamp,
         filter: &EngineFilter,
-        size_hint: usize,
-    ) -> serde_json::Result<Vec<u8>> {
+        after: Option<&str>,
+        max: usize,
+        out: &mut Vec<u8>,
+        first: &mut bool,
+    ) -> serde_json::Result<Option<String>> {
+        use std::ops::Bound;
+        let reserved = self.reservation_counts(now);
+        let start = match after {
+            Some(id) => Bound::Excluded(id),
+            None => Bound::Unbounded,
+        };
+        let mut looked = 0;
+        let mut last = None;
+        for (id, entry) in self
+            .engines
+            .range::<str, _>((start, Bound::Unbounded))
+            .take(max)
+        {
+            looked += 1;
+            last = Some(id);
+            if !filter.matches(&entry.engine) {
+                continue;
+            }
+            if !std::mem::take(first) {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut *out, &self.view(entry, now, &reserved))?;
+        }
+        Ok(if looked == max { last.cloned() } else { None })
+    }
+
+    /// Every engine, ordered by id, as one JSON array written in one hold
+    /// of the lock (the dashboard's snapshot).
+    pub fn engines_json(&self, now: Timestamp) -> serde_json::Result<Vec<u8>> {
         let list = EngineList {
             registry: self,
-            filter,
+            filter: &EngineFilter::default(),
             now,
             reserved: self.reservation_counts(now),
         };
-        let mut out = Vec::with_capacity(size_hint);
-        serde_json::to_writer(&mut out, &list)?;
-        Ok(out)
-    }
-
-    pub fn engines_json(&self, now: Timestamp) -> serde_json::Result<Vec<u8>> {
-        self.engines_json_filtered(now, &EngineFilter::default(), 0)
+        serde_json::to_vec(&list)
     }
 
     pub fn engine_view(&self, id: &str, now: Timestamp) -> Option<EngineView<'_>> {
