@@ -14,11 +14,14 @@ use tracing::Instrument;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::config::RuntimeChoice;
+use crate::playlist::FetchPolicy;
 use crate::pool::reconciler::Reconciler;
 use crate::pool::Pool;
+use crate::proxy::hls::HlsConfig;
 use crate::proxy::hub::{Proxy, ProxySettings};
 use crate::proxy::SessionConfig;
 use crate::registry::Registry;
+use crate::retention::{self, CleanupSettings};
 use crate::runtime::swarm::SwarmPlacement;
 use crate::runtime::{ContainerRuntime, DockerRuntime, SwarmRuntime};
 use crate::service::{Orchestrator, Settings};
@@ -41,6 +44,7 @@ pub struct App {
     vpn: Arc<Vpn>,
     stream_token: Option<Arc<str>>,
     api_key: Option<Arc<str>>,
+    cleanup: CleanupSettings,
 }
 
 impl App {
@@ -68,8 +72,13 @@ impl App {
         let proxy = Proxy::new(orch.clone(), proxy_settings(config));
         let vpn = Vpn::new(vpn_settings(config), runtime_for_vpn, orch.clone());
         vpn.set_pool(&pool);
-        // Adopt what already runs before answering anyone; a daemon that is down
-        // now is retried by the reconciler.
+        pool.set_vpn(&vpn);
+        // Adopt what already runs before answering anyone (the nodes we
+        // created with their leases first, then the engines); a daemon that
+        // is down now is retried by the reconciler.
+        if let Err(error) = pool.adopt_nodes().await {
+            tracing::warn!(%error, "container runtime not reachable at start-up; the VPN nodes we created are not adopted");
+        }
         if let Err(error) = pool.resync().await {
             tracing::warn!(%error, "container runtime not reachable at start-up; engines we run will be adopted once it is");
         }
@@ -87,6 +96,7 @@ impl App {
             vpn,
             stream_token: config.stream_token.as_deref().map(Arc::from),
             api_key: config.api_key.as_deref().map(Arc::from),
+            cleanup: CleanupSettings::from_config(config),
         })
     }
 
@@ -118,6 +128,10 @@ impl App {
                 .instrument(tracing::info_span!("collector")),
         );
         tasks.spawn(
+            retention::run(self.orch.clone(), self.cleanup, shutdown.clone())
+                .instrument(tracing::info_span!("db_cleanup")),
+        );
+        tasks.spawn(
             maintenance(self.orch.clone(), shutdown.clone())
                 .instrument(tracing::info_span!("maintenance")),
         );
@@ -137,6 +151,7 @@ impl App {
             api_key: self.api_key,
             pool: Some(self.pool.clone()),
             shutdown: shutdown.clone(),
+            panel: Arc::new(api::panel::Feed::new(&self.orch)),
         });
         let router = api::read_bodies_first(router, self.header_timeout);
         let router = match api::cors(&self.cors_origins) {
@@ -206,6 +221,26 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
         max_sessions: config.proxy_max_sessions as usize,
         max_streams_per_engine: config.max_streams_per_engine,
         engine_timeout: config.health_timeout().max(Duration::from_secs(10)),
+        hls: HlsConfig {
+            target: Duration::from_secs_f64(config.hls_segment_s),
+            window: config.hls_window_size as usize,
+            // A player fetches about once a segment; four missed ones and it is gone.
+            viewer_timeout: Duration::from_secs_f64(config.hls_segment_s * 4.0),
+            // The start (failover timeout) plus two segments' worth of stream.
+            first_segment_wait: Duration::from_secs_f64(
+                config.proxy_failover_timeout_s + config.hls_segment_s * 3.0,
+            ),
+        },
+        public_url: config.public_url.clone(),
+        playlists: FetchPolicy {
+            allowed_hosts: config
+                .playlist_allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            timeout: Duration::from_secs_f64(config.playlist_fetch_timeout_s),
+        },
     }
 }
 
@@ -213,6 +248,7 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
 pub fn vpn_settings(config: &Config) -> VpnSettings {
     VpnSettings {
         nodes: config.vpn_nodes(),
+        on_demand: config.vpn_configs_dir.is_some(),
         api_key: config.gluetun_api_key.clone(),
         control_port: config.gluetun_control_port,
         interval: Duration::from_secs_f64(config.vpn_check_interval_s),

@@ -254,7 +254,22 @@ pub struct Config {
     )]
     pub stats_history_max: usize,
 
-    /// Ended streams kept in memory for `GET /streams` (all stay in the database).
+    /// Days an ended stream and its stat snapshots are kept in the database
+    /// (0 keeps them forever).
+    #[arg(
+        long,
+        env = "STREAMS_RETENTION_DAYS",
+        value_name = "STREAMS_RETENTION_DAYS",
+        default_value_t = 30
+    )]
+    pub streams_retention_days: u32,
+
+    /// Seconds between two database clean-ups (expired streams, then giving
+    /// freed space back); one also runs at start.
+    #[arg(long, env = "DB_CLEANUP_INTERVAL_S", value_name = "DB_CLEANUP_INTERVAL_S", default_value = "3600", value_parser = parse_seconds)]
+    pub db_cleanup_interval_s: f64,
+
+    /// Ended streams kept in memory for `GET /streams` (the database keeps them for `STREAMS_RETENTION_DAYS`).
     #[arg(
         long,
         env = "ENDED_STREAMS_MAX",
@@ -333,6 +348,40 @@ pub struct Config {
     )]
     pub stream_token: Option<String>,
 
+    /// HLS output: segment duration aimed at, in seconds (segments are cut
+    /// at keyframes, so they last this or up to a keyframe interval more).
+    #[arg(long, env = "HLS_SEGMENT_S", value_name = "HLS_SEGMENT_S", default_value = "2", value_parser = parse_seconds)]
+    pub hls_segment_s: f64,
+
+    /// HLS output: segments in the live playlist (and in memory, per stream).
+    #[arg(
+        long,
+        env = "HLS_WINDOW_SIZE",
+        value_name = "HLS_WINDOW_SIZE",
+        default_value_t = 6
+    )]
+    pub hls_window_size: u32,
+
+    /// The orchestrator's address as players reach it (`https://tv.example.com`),
+    /// for the URLs of rewritten playlists; unset = the request's Host header.
+    #[arg(long, env = "PUBLIC_URL", value_name = "PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Hosts `GET /playlist?url=` may fetch from, comma-separated: exact
+    /// names or addresses (which may be private), `*.example.com`, or `*`
+    /// (any public address). Unset = no remote playlist is fetched.
+    #[arg(
+        long,
+        env = "PLAYLIST_ALLOWED_HOSTS",
+        value_name = "PLAYLIST_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub playlist_allowed_hosts: Vec<String>,
+
+    /// Seconds `GET /playlist?url=` may take to fetch the remote playlist.
+    #[arg(long, env = "PLAYLIST_FETCH_TIMEOUT_S", value_name = "PLAYLIST_FETCH_TIMEOUT_S", default_value = "10", value_parser = parse_seconds)]
+    pub playlist_fetch_timeout_s: f64,
+
     /// The Gluetun container engines run behind (one node, as the Python
     /// orchestrator read it).
     #[arg(
@@ -395,6 +444,49 @@ pub struct Config {
     /// Seconds between two checks of every VPN node.
     #[arg(long, env = "VPN_CHECK_INTERVAL_S", value_name = "VPN_CHECK_INTERVAL_S", default_value = "5", value_parser = parse_seconds)]
     pub vpn_check_interval_s: f64,
+
+    /// A directory of WireGuard `.conf` files, one credential each: the
+    /// orchestrator creates Gluetun nodes with them as engines need them.
+    #[arg(long, env = "VPN_CONFIGS_DIR", value_name = "VPN_CONFIGS_DIR")]
+    pub vpn_configs_dir: Option<PathBuf>,
+
+    /// The image of the Gluetun nodes the orchestrator creates.
+    #[arg(
+        long,
+        env = "GLUETUN_IMAGE",
+        value_name = "GLUETUN_IMAGE",
+        default_value = "qmcgaw/gluetun"
+    )]
+    pub gluetun_image: String,
+
+    /// The TUN device given to the Gluetun nodes the orchestrator creates
+    /// (host path, mapped to the same path); empty: none.
+    #[arg(
+        long,
+        env = "GLUETUN_TUN_DEVICE",
+        value_name = "GLUETUN_TUN_DEVICE",
+        default_value = "/dev/net/tun"
+    )]
+    pub gluetun_tun_device: String,
+
+    /// Seconds a node the orchestrator created may stay down before it is
+    /// replaced by one on another credential.
+    #[arg(long, env = "VPN_UNHEALTHY_GRACE_PERIOD_S", value_name = "VPN_UNHEALTHY_GRACE_PERIOD_S", default_value = "120", value_parser = parse_non_negative_seconds)]
+    pub vpn_unhealthy_grace_period_s: f64,
+
+    /// Seconds a credential whose node failed (down past the grace period,
+    /// or never healthy) is not leased again.
+    #[arg(long, env = "VPN_CREDENTIAL_COOLDOWN_S", value_name = "VPN_CREDENTIAL_COOLDOWN_S", default_value = "600", value_parser = parse_non_negative_seconds)]
+    pub vpn_credential_cooldown_s: f64,
+
+    /// Seconds a node the orchestrator created lives without engines before
+    /// it is removed and its credential freed.
+    #[arg(long, env = "VPN_IDLE_GRACE_PERIOD_S", value_name = "VPN_IDLE_GRACE_PERIOD_S", default_value = "60", value_parser = parse_non_negative_seconds)]
+    pub vpn_idle_grace_period_s: f64,
+
+    /// Seconds a new node has to report its tunnel running.
+    #[arg(long, env = "VPN_STARTUP_TIMEOUT_S", value_name = "VPN_STARTUP_TIMEOUT_S", default_value = "60", value_parser = parse_seconds)]
+    pub vpn_startup_timeout_s: f64,
 
     /// Engine image.
     #[arg(
@@ -540,6 +632,7 @@ impl fmt::Debug for Config {
                 &self.gluetun_api_key.as_ref().map(|_| "<redacted>"),
             )
             .field("vpn_nodes", &self.vpn_nodes())
+            .field("vpn_configs_dir", &self.vpn_configs_dir)
             .field("db_url", &self.db_url)
             .field("health_check_interval_s", &self.health_check_interval_s)
             .field("health_check_timeout_s", &self.health_check_timeout_s)
@@ -589,6 +682,43 @@ impl Config {
         if self.proxy_buffer_mb == 0 || self.proxy_buffer_mb > 1024 {
             return Err(invalid("PROXY_BUFFER_MB", "must be between 1 and 1024"));
         }
+        if !(1.0..=10.0).contains(&self.hls_segment_s) {
+            return Err(invalid("HLS_SEGMENT_S", "must be between 1 and 10 seconds"));
+        }
+        if !(2..=100).contains(&self.hls_window_size) {
+            return Err(invalid("HLS_WINDOW_SIZE", "must be between 2 and 100"));
+        }
+        if let Some(url) = &self.public_url {
+            let ok = reqwest::Url::parse(url).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+            });
+            if !ok {
+                return Err(invalid(
+                    "PUBLIC_URL",
+                    "must be an http(s) URL without query, like https://tv.example.com",
+                ));
+            }
+        }
+        for host in &self.playlist_allowed_hosts {
+            let host = host.trim();
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            if host.is_empty()
+                || (host != "*"
+                    && (name.is_empty()
+                        || !name.bytes().all(|b| {
+                            b.is_ascii_alphanumeric()
+                                || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                        })))
+            {
+                return Err(invalid(
+                    "PLAYLIST_ALLOWED_HOSTS",
+                    format!("'{host}' is not a host name, an address, *.domain or *"),
+                ));
+            }
+        }
         if self.max_viewers_per_stream == 0 {
             return Err(invalid("MAX_VIEWERS_PER_STREAM", "must be 1 or more"));
         }
@@ -631,6 +761,27 @@ impl Config {
                 ));
             }
         }
+        if let Some(dir) = &self.vpn_configs_dir {
+            if !dir.is_dir() {
+                return Err(invalid(
+                    "VPN_CONFIGS_DIR",
+                    format!("'{}' is not a directory", dir.display()),
+                ));
+            }
+            // The nodes' control servers are published on the host: never
+            // without a key.
+            let has_key =
+                matches!(self.gluetun_api_key.as_deref(), Some(k) if !k.trim().is_empty());
+            if !has_key {
+                return Err(invalid(
+                    "GLUETUN_API_KEY",
+                    "is needed with VPN_CONFIGS_DIR: the control servers of the nodes the orchestrator creates are protected with it",
+                ));
+            }
+            if self.max_engines_per_vpn == 0 {
+                return Err(invalid("MAX_ENGINES_PER_VPN", "must be 1 or more"));
+            }
+        }
         if self.runtime == RuntimeChoice::Swarm {
             if self
                 .swarm_network
@@ -642,10 +793,10 @@ impl Config {
                     "RUNTIME=swarm needs the overlay network the engines and the orchestrator share",
                 ));
             }
-            if !self.vpn_nodes().is_empty() {
+            if !self.vpn_nodes().is_empty() || self.vpn_configs_dir.is_some() {
                 return Err(invalid(
                     "RUNTIME",
-                    "swarm cannot run engines behind Gluetun containers (GLUETUN_CONTAINER_NAME/GLUETUN_CONTAINERS): a service cannot join another container's network namespace",
+                    "swarm cannot run engines behind Gluetun containers (GLUETUN_CONTAINER_NAME/GLUETUN_CONTAINERS/VPN_CONFIGS_DIR): a service cannot join another container's network namespace",
                 ));
             }
         }
@@ -866,5 +1017,27 @@ mod tests {
     fn debug_never_shows_the_key() {
         let c = parse(&["--api-key", "s3cret"]).unwrap();
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn on_demand_vpn_nodes_need_a_directory_and_a_control_server_key() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.gluetun_image, "qmcgaw/gluetun");
+        assert_eq!(c.gluetun_tun_device, "/dev/net/tun");
+        assert_eq!(c.vpn_unhealthy_grace_period_s, 120.0);
+        assert_eq!(c.vpn_credential_cooldown_s, 600.0);
+        assert!(c.vpn_configs_dir.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap();
+        let e = parse(&["--vpn-configs-dir", path]).unwrap_err();
+        assert!(
+            e.starts_with("GLUETUN_API_KEY: is needed with VPN_CONFIGS_DIR"),
+            "{e}"
+        );
+        parse(&["--vpn-configs-dir", path, "--gluetun-api-key", "k"]).unwrap();
+        let missing = format!("{path}/nope");
+        let e = parse(&["--vpn-configs-dir", &missing, "--gluetun-api-key", "k"]).unwrap_err();
+        assert!(e.starts_with("VPN_CONFIGS_DIR: "), "{e}");
+        assert!(e.contains("is not a directory"), "{e}");
     }
 }

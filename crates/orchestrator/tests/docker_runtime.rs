@@ -123,7 +123,7 @@ impl Scope {
                 host_port,
             }],
             network: None,
-            limits: Default::default(),
+            ..Default::default()
         }
     }
 
@@ -445,7 +445,7 @@ async fn an_absent_daemon_is_unreachable() {
         labels: BTreeMap::new(),
         ports: vec![],
         network: None,
-        limits: Default::default(),
+        ..Default::default()
     };
     assert!(matches!(
         rt.create_and_start(spec).await,

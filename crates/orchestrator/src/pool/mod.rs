@@ -13,14 +13,16 @@
 
 mod containers;
 pub mod labels;
+pub mod nodes;
 pub mod reconciler;
 mod vpn;
 
+pub use nodes::{CredentialView, OnDemandSettings};
 pub use vpn::VpnPlacement;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU32};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -113,6 +115,8 @@ pub struct PoolSettings {
     pub allowed_images: Vec<String>,
     /// Engines go behind these Gluetun nodes; `None` without nodes.
     pub vpn: Option<VpnPlacement>,
+    /// Nodes created on demand (`VPN_CONFIGS_DIR`); `None` without.
+    pub on_demand: Option<OnDemandSettings>,
 }
 
 impl PoolSettings {
@@ -142,11 +146,25 @@ impl PoolSettings {
             replacement_cooldown_s: config.health_replacement_cooldown_s,
             max_unhealthy_percent: config.health_max_unhealthy_percent,
             allowed_images: config.allowed_images(),
-            vpn: (!config.vpn_nodes().is_empty()).then(|| VpnPlacement {
-                nodes: config.vpn_nodes(),
-                preferred_per_node: config.preferred_engines_per_vpn,
-                max_per_node: config.max_engines_per_vpn,
+            vpn: (!config.vpn_nodes().is_empty() || config.vpn_configs_dir.is_some()).then(|| {
+                VpnPlacement {
+                    nodes: config.vpn_nodes(),
+                    preferred_per_node: config.preferred_engines_per_vpn,
+                    max_per_node: config.max_engines_per_vpn,
+                    control_port: config.gluetun_control_port,
+                }
+            }),
+            on_demand: config.vpn_configs_dir.as_ref().map(|dir| OnDemandSettings {
+                configs_dir: dir.clone(),
+                image: config.gluetun_image.clone(),
+                tun_device: Some(config.gluetun_tun_device.trim().to_owned())
+                    .filter(|d| !d.is_empty()),
+                api_key: config.gluetun_api_key.clone().unwrap_or_default(),
                 control_port: config.gluetun_control_port,
+                unhealthy_grace: Duration::from_secs_f64(config.vpn_unhealthy_grace_period_s),
+                cooldown: Duration::from_secs_f64(config.vpn_credential_cooldown_s),
+                idle_grace: Duration::from_secs_f64(config.vpn_idle_grace_period_s),
+                startup_timeout: Duration::from_secs_f64(config.vpn_startup_timeout_s),
             }),
         }
     }
@@ -205,6 +223,17 @@ pub struct Pool {
     placing: Mutex<Vec<(String, u16)>>,
     /// Whether the last call to the runtime got through.
     reachable: AtomicBool,
+    /// The VPN monitor: nodes created on demand join and leave it. Set once,
+    /// by the app.
+    vpn: OnceLock<Arc<crate::vpn::Vpn>>,
+    /// The nodes created on demand and their leases.
+    fleet: Mutex<nodes::Fleet>,
+    /// One node created at a time.
+    grow_lock: tokio::sync::Mutex<()>,
+    /// Nodes added so far (see [`Pool::grow_nodes`]).
+    node_generation: AtomicU64,
+    /// Itself, for work that outlives a call (removing a node that failed).
+    me: OnceLock<std::sync::Weak<Pool>>,
     /// To the reconciler task: `/scale` and `/gc` are commands to it.
     commands: mpsc::Sender<Command>,
     /// The current Swarm task of each engine, as last seen by the resync.
@@ -231,9 +260,15 @@ impl Pool {
             demand: AtomicU32::new(0),
             placing: Mutex::new(Vec::new()),
             reachable: AtomicBool::new(true),
+            vpn: OnceLock::new(),
+            fleet: Mutex::new(nodes::Fleet::default()),
+            grow_lock: tokio::sync::Mutex::new(()),
+            node_generation: AtomicU64::new(0),
+            me: OnceLock::new(),
             commands,
             tasks: Mutex::new(Default::default()),
         });
+        let _ = pool.me.set(Arc::downgrade(&pool));
         let as_provisioner: Arc<dyn Provisioner> = pool.clone();
         orch.set_provisioner(Arc::downgrade(&as_provisioner));
         let reconciler = Reconciler::new(pool.clone(), inbox);
@@ -252,6 +287,11 @@ impl Pool {
             config.ace_https_range,
         );
         Self::new(runtime, orch, PoolSettings::from_config(config), ports)
+    }
+
+    /// Lets the pool add the nodes it creates to the VPN monitor.
+    pub fn set_vpn(&self, vpn: &Arc<crate::vpn::Vpn>) {
+        let _ = self.vpn.set(vpn.clone());
     }
 
     pub fn orchestrator(&self) -> &Arc<Orchestrator> {
@@ -303,7 +343,17 @@ impl Pool {
         let started = Instant::now();
         let mut slot = self.claim_slot(max)?;
         if let Some(vpn) = &self.settings.vpn {
-            let (placement, _placing) = self.place_behind_node(vpn).await?;
+            // No node with room: one more is created on demand (when there
+            // are credentials), then the engine is placed again.
+            let seen = self.node_generation();
+            let (placement, _placing) = match self.place_behind_node(vpn).await {
+                Err(ProvisionError::NoVpnNode(why)) if self.settings.on_demand.is_some() => {
+                    tracing::info!(reason = %why, "no VPN node has room for an engine; creating one");
+                    self.grow_nodes(seen).await?;
+                    self.place_behind_node(vpn).await?
+                }
+                other => other?,
+            };
             slot.set_port(placement.ports.host_http);
             return self
                 .start_engine(request, &placement.ports, Some(&placement), started)
@@ -372,6 +422,7 @@ impl Pool {
             ports: published,
             network,
             limits: self.settings.limits,
+            ..Default::default()
         };
         let info = self.create_named(spec).await.map_err(|e| match e {
             ProvisionError::ImageNotFound(image) => ProvisionError::TargetImageMissing(image),

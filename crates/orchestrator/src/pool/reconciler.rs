@@ -82,6 +82,7 @@ impl Reconciler {
         if now >= self.next_resync {
             let _ = self.pool.resync().await;
             self.replace_unhealthy().await;
+            self.pool.maintain_nodes().await;
             self.next_resync = Instant::now() + self.pool.settings.monitor_interval;
         }
         if now >= self.next_autoscale {
@@ -318,7 +319,13 @@ impl Pool {
                 continue;
             };
             alive.insert(info.id.clone());
-            self.ports.reserve(&ports);
+            // Behind a VPN node the ports are the node's (see `nodes.rs`).
+            if !info
+                .labels
+                .contains_key(crate::domain::labels::VPN_NODE_LABEL)
+            {
+                self.ports.reserve(&ports);
+            }
             // Behind a VPN node, the engine is reached through the node.
             let via = info
                 .labels

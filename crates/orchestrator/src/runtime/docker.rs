@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings,
-    EventMessage, EventMessageTypeEnum, HostConfig, NetworkingConfig, PortBinding, PortMap,
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, DeviceMapping,
+    EndpointSettings, EventMessage, EventMessageTypeEnum, HostConfig, NetworkingConfig,
+    PortBinding, PortMap,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
@@ -516,6 +517,17 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             network_mode: spec.network.clone(),
             memory: spec.limits.memory_bytes,
             nano_cpus: spec.limits.nano_cpus,
+            cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
+            devices: (!spec.devices.is_empty()).then(|| {
+                spec.devices
+                    .iter()
+                    .map(|path| DeviceMapping {
+                        path_on_host: Some(path.clone()),
+                        path_in_container: Some(path.clone()),
+                        cgroup_permissions: Some("rwm".into()),
+                    })
+                    .collect()
+            }),
             ..Default::default()
         }),
         // `container:<name>` joins another container's namespace: there is
@@ -826,11 +838,21 @@ mod tests {
             labels: BTreeMap::new(),
             ports: vec![],
             network: Some("container:gluetun".into()),
+            cap_add: vec!["NET_ADMIN".into()],
+            devices: vec!["/dev/net/tun".into()],
             limits: ResourceLimits::default(),
         };
         let body = serde_json::to_value(create_body(&spec)).unwrap();
         assert_eq!(body["HostConfig"]["NetworkMode"], "container:gluetun");
         assert!(body["NetworkingConfig"].is_null(), "{body}");
+        assert_eq!(
+            body["HostConfig"]["CapAdd"],
+            serde_json::json!(["NET_ADMIN"])
+        );
+        assert_eq!(
+            body["HostConfig"]["Devices"][0]["PathOnHost"],
+            "/dev/net/tun"
+        );
     }
 
     #[test]
@@ -852,6 +874,7 @@ mod tests {
                 memory_bytes: Some(512 << 20),
                 nano_cpus: Some(1_500_000_000),
             },
+            ..Default::default()
         };
         let body = serde_json::to_value(create_body(&spec)).unwrap();
         assert_eq!(body["Env"][0], "CONF=--http-port=40000\n--bind-all");

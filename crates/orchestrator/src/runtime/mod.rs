@@ -40,7 +40,7 @@ impl fmt::Display for Label {
 }
 
 /// A container to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerSpec {
     /// Container name (`engine-3`); the runtime refuses a name already in use
     /// with [`RuntimeError::NameConflict`].
@@ -52,6 +52,10 @@ pub struct ContainerSpec {
     pub ports: Vec<PortMapping>,
     /// Network to attach the container to instead of the default bridge.
     pub network: Option<String>,
+    /// Linux capabilities to add (`NET_ADMIN` for a VPN client).
+    pub cap_add: Vec<String>,
+    /// Host devices given to the container at the same path (`/dev/net/tun`).
+    pub devices: Vec<String>,
     /// Memory and CPU caps (`ENGINE_MEMORY_LIMIT`, `ENGINE_CPU_LIMIT`).
     pub limits: ResourceLimits,
 }

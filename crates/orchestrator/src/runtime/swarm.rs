@@ -704,6 +704,7 @@ mod tests {
                 memory_bytes: Some(256 << 20),
                 nano_cpus: Some(500_000_000),
             },
+            ..Default::default()
         }
     }
 
