@@ -476,7 +476,15 @@ async fn a_killed_task_is_rescheduled_and_its_engine_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_removed_by_hand_is_replaced() {
-    let test = SwarmTest::new(22003, &["MIN_REPLICAS=1", "MAX_REPLICAS=2"]);
+    let test = SwarmTest::new(
+        22003,
+        &[
+            "MIN_REPLICAS=1",
+            "MAX_REPLICAS=2",
+            "API_KEY=swarm-test-key",
+            "PROVISION_ALLOWED_IMAGES=acestream-engine-sim:latest,acestream-no-such-image:1",
+        ],
+    );
     test.start_orchestrator().await;
     let engine = test.healthy_engines(1, secs(60)).await.remove(0);
     let id = engine["container_id"].as_str().unwrap().to_owned();
@@ -502,6 +510,29 @@ async fn a_service_removed_by_hand_is_replaced() {
         .starts_with(services[0].0.as_str()));
     let logs = test.logs();
     assert!(logs.contains("engine container is gone"), "{logs}");
+
+    // An image no node has: Swarm rejects the first task, the caller hears
+    // which image, and no service is left behind.
+    let response = test
+        .client
+        .post(test.url("/provision"))
+        .bearer_auth("swarm-test-key")
+        .json(&serde_json::json!({ "image": "acestream-no-such-image:1" }))
+        .timeout(secs(30))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("acestream-no-such-image:1"),
+        "{body}"
+    );
+    assert_eq!(test.services().len(), 1, "the rejected service was removed");
 }
 
 /// `deploy/swarm/stack.yml` is a valid stack file (as the Docker CLI reads

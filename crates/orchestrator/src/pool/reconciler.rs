@@ -378,7 +378,10 @@ impl Pool {
                 short(&task.task_id),
                 task.state,
             ));
-        } else if before.node_state != task.node_state && !task.node.is_empty() {
+        } else if before.node_id == task.node_id
+            && before.node_state != task.node_state
+            && !task.node.is_empty()
+        {
             notes.push(if task.node_state == "ready" {
                 format!("node {} is ready again", task.node)
             } else {

@@ -413,6 +413,17 @@ fn map_status(status: u16, message: String, subject: &Subject<'_>) -> RuntimeErr
             message,
         };
     }
+    // In swarm mode the daemon asks the manager for the network and answers
+    // 500 "Could not attach to network X: ... not found".
+    if let Subject::Create {
+        network: Some(network),
+        ..
+    } = subject
+    {
+        if lower.contains("could not attach to network") && lower.contains("not found") {
+            return RuntimeError::NetworkNotFound((*network).to_owned());
+        }
+    }
     match (status, subject) {
         (404, Subject::Create { image, network, .. }) => {
             if lower.contains("network") {
@@ -741,6 +752,15 @@ mod tests {
         );
         assert_eq!(
             map_status(404, "network acestream not found".into(), &create_subject()),
+            RuntimeError::NetworkNotFound("acestream".into())
+        );
+        // The same on a daemon in swarm mode.
+        assert_eq!(
+            map_status(
+                500,
+                "Could not attach to network acestream: rpc error: code = NotFound desc = network acestream not found".into(),
+                &create_subject()
+            ),
             RuntimeError::NetworkNotFound("acestream".into())
         );
         assert_eq!(

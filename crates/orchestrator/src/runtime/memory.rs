@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 
 use super::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ContainerStatus, EventStream, Label,
-    RuntimeError, RuntimeEvent, RuntimeEventKind,
+    RuntimeError, RuntimeEvent, RuntimeEventKind, TaskPlacement,
 };
 use crate::engine_client::{Probe, ProbeOutcome};
 use crate::time::Timestamp;
@@ -84,6 +84,16 @@ impl MemoryRuntime {
         let removed = self.state.lock().containers.remove(id);
         if let Some(info) = removed {
             self.emit(RuntimeEventKind::Destroy, &info);
+        }
+    }
+
+    /// What Swarm would report for a service: its status and current task
+    /// (a new task, its node down, ...). Emits nothing: the caller sends the
+    /// event it wants to test with.
+    pub fn set_task(&self, id: &str, status: ContainerStatus, task: Option<TaskPlacement>) {
+        if let Some(info) = self.state.lock().containers.get_mut(id) {
+            info.status = status;
+            info.task = task;
         }
     }
 

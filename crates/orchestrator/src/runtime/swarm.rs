@@ -7,8 +7,9 @@
 //!   address.
 //! - The orchestrator reaches an engine at `<service name>:<container port>`
 //!   on the overlay network both are attached to (`SWARM_NETWORK`): Swarm's
-//!   DNS answers the service name with its virtual IP, which follows the task
-//!   wherever it runs. Nothing is published on the nodes.
+//!   DNS answers the service name with the address of its task (endpoint
+//!   mode `dnsrr`), wherever it runs, and the new task's after a
+//!   rescheduling. Nothing is published on the nodes.
 //! - Ownership: the labels of the [`ContainerSpec`] go on the service and on
 //!   its task template's containers, so `list_managed` filters services by
 //!   label and `docker ps --filter label=...` still finds the containers.
@@ -27,9 +28,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bollard::models::{
-    EventMessage, EventMessageTypeEnum, Limit, NetworkAttachmentConfig, Node, Service, ServiceSpec,
-    ServiceSpecMode, ServiceSpecModeReplicated, Task, TaskSpec, TaskSpecContainerSpec,
-    TaskSpecPlacement, TaskSpecPlacementPreferences, TaskSpecPlacementSpread, TaskSpecResources,
+    EndpointSpec, EndpointSpecModeEnum, EventMessage, EventMessageTypeEnum, Limit,
+    NetworkAttachmentConfig, Node, Service, ServiceSpec, ServiceSpecMode,
+    ServiceSpecModeReplicated, Task, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
+    TaskSpecPlacementPreferences, TaskSpecPlacementSpread, TaskSpecResources,
     TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{
@@ -311,6 +313,13 @@ impl SwarmRuntime {
             mode: Some(ServiceSpecMode {
                 replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
                 ..Default::default()
+            }),
+            // The name resolves to the task's own address: one replica has
+            // nothing to balance, and a virtual IP needs IPVS in the node's
+            // kernel (without the ip_vs module a VIP accepts nothing).
+            endpoint_spec: Some(EndpointSpec {
+                mode: Some(EndpointSpecModeEnum::DNSRR),
+                ports: None,
             }),
             ..Default::default()
         }
@@ -721,8 +730,9 @@ mod tests {
         assert_eq!(task["RestartPolicy"]["Condition"], "any");
         assert_eq!(task["Networks"][0]["Target"], "acestream");
         assert_eq!(body["Mode"]["Replicated"]["Replicas"], 1);
-        // Nothing is published: engines are reached over the overlay network.
-        assert!(body.get("EndpointSpec").is_none(), "{body}");
+        // Nothing is published: engines are reached over the overlay network,
+        // by a name that resolves to the task itself.
+        assert_eq!(body["EndpointSpec"], serde_json::json!({"Mode": "dnsrr"}));
     }
 
     #[test]
