@@ -2175,7 +2175,9 @@ async fn a_thousand_engines_read_at_a_glance() {
     let cell = format!("#pool-map .cell[data-id=\"{}\"]", hung_ids[0]);
     let title = browser
         .js(
-            "return document.querySelector(arguments[0]).title",
+            "const cell = document.querySelector(arguments[0]);
+             cell.dispatchEvent(new MouseEvent('mouseover', { bubbles: true }));
+             return cell.title;",
             json!([cell]),
         )
         .await;
