@@ -5,6 +5,8 @@
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -33,6 +35,18 @@ pub struct NodeLabel {
     pub node: String,
 }
 
+/// A database file: `main` or `wal`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabel {
+    pub file: &'static str,
+}
+
+/// A database table (bounded: the schema's tables).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    pub table: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
@@ -51,6 +65,7 @@ pub struct Metrics {
     pub probe_duration: Histogram,
     pub health_sweep_duration: Histogram,
     pub health_sweep_errors: Counter,
+    pub health_sweep_concurrency: Gauge,
     pub selections: Family<ResultLabel, Counter>,
     pub replacements: Counter,
     pub replacement_suspended: Gauge,
@@ -60,6 +75,14 @@ pub struct Metrics {
     pub proxy_viewers: Gauge,
     pub vpn_node_healthy: Family<NodeLabel, Gauge>,
     pub store_dropped_writes: Gauge,
+    pub db_file_bytes: Family<FileLabel, Gauge>,
+    pub db_free_bytes: Gauge,
+    pub db_rows: Family<TableLabel, Gauge>,
+    pub db_cleanup_last_timestamp: Gauge<f64, AtomicU64>,
+    pub db_cleanup_last_duration: Gauge<f64, AtomicU64>,
+    pub db_cleanup_last_removed: Family<TableLabel, Gauge>,
+    pub db_cleanup_last_freed_bytes: Gauge,
+    pub db_cleanups: Counter,
 }
 
 impl Default for Metrics {
@@ -83,6 +106,7 @@ impl Metrics {
             probe_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             health_sweep_duration: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
             health_sweep_errors: Counter::default(),
+            health_sweep_concurrency: Gauge::default(),
             selections: Family::default(),
             replacements: Counter::default(),
             replacement_suspended: Gauge::default(),
@@ -92,6 +116,14 @@ impl Metrics {
             proxy_viewers: Gauge::default(),
             vpn_node_healthy: Family::default(),
             store_dropped_writes: Gauge::default(),
+            db_file_bytes: Family::default(),
+            db_free_bytes: Gauge::default(),
+            db_rows: Family::default(),
+            db_cleanup_last_timestamp: Gauge::default(),
+            db_cleanup_last_duration: Gauge::default(),
+            db_cleanup_last_removed: Family::default(),
+            db_cleanup_last_freed_bytes: Gauge::default(),
+            db_cleanups: Counter::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters.
@@ -149,6 +181,11 @@ impl Metrics {
             m.health_sweep_duration.clone(),
         );
         registry.register(
+            "orch_health_sweep_concurrency",
+            "Probes allowed in flight at once in the last health sweep (follows the pool's size)",
+            m.health_sweep_concurrency.clone(),
+        );
+        registry.register(
             "orch_health_sweep_errors",
             "Health sweeps that failed as a whole",
             m.health_sweep_errors.clone(),
@@ -198,6 +235,57 @@ impl Metrics {
             "1 while a VPN node's tunnel is running (its last check passed), by node",
             m.vpn_node_healthy.clone(),
         );
+        registry.register(
+            "orch_db_file_bytes",
+            "Size of the SQLite database files: file=main, file=wal (the write-ahead log)",
+            m.db_file_bytes.clone(),
+        );
+        registry.register(
+            "orch_db_free_bytes",
+            "Free space inside the database file, given back to the file system by the next clean-up's incremental vacuum",
+            m.db_free_bytes.clone(),
+        );
+        registry.register(
+            "orch_db_rows",
+            "Rows per database table (counted every minute on a read-only connection)",
+            m.db_rows.clone(),
+        );
+        registry.register(
+            "orch_db_cleanup_last_timestamp_seconds",
+            "Unix time the last database clean-up finished (0: none yet)",
+            m.db_cleanup_last_timestamp.clone(),
+        );
+        registry.register(
+            "orch_db_cleanup_last_duration_seconds",
+            "How long the last database clean-up took (expiry batches and vacuum steps)",
+            m.db_cleanup_last_duration.clone(),
+        );
+        registry.register(
+            "orch_db_cleanup_last_removed_rows",
+            "Rows the last database clean-up removed, by table (streams past STREAMS_RETENTION_DAYS and their stat_snapshots)",
+            m.db_cleanup_last_removed.clone(),
+        );
+        registry.register(
+            "orch_db_cleanup_last_freed_bytes",
+            "Bytes the last database clean-up gave back to the file system",
+            m.db_cleanup_last_freed_bytes.clone(),
+        );
+        registry.register(
+            "orch_db_cleanups",
+            "Database clean-ups finished",
+            m.db_cleanups.clone(),
+        );
+        for file in ["main", "wal"] {
+            let _ = m.db_file_bytes.get_or_create(&FileLabel { file });
+        }
+        for table in crate::store::TABLES {
+            let _ = m.db_rows.get_or_create(&TableLabel { table });
+        }
+        for table in ["streams", "stat_snapshots"] {
+            let _ = m
+                .db_cleanup_last_removed
+                .get_or_create(&TableLabel { table });
+        }
         for status in HealthStatus::ALL {
             let _ = m.engines.get_or_create(&StatusLabel {
                 status: status.as_str(),
@@ -227,6 +315,21 @@ impl Metrics {
                 .set(count as i64);
         }
         self.streams_active.set(active_streams as i64);
+    }
+
+    /// The database's size and row counts.
+    pub fn set_db_measure(&self, measure: &crate::store::Measure) {
+        for (file, bytes) in [("main", measure.main_bytes), ("wal", measure.wal_bytes)] {
+            self.db_file_bytes
+                .get_or_create(&FileLabel { file })
+                .set(bytes as i64);
+        }
+        self.db_free_bytes.set(measure.free_bytes as i64);
+        for &(table, rows) in &measure.rows {
+            self.db_rows
+                .get_or_create(&TableLabel { table })
+                .set(rows as i64);
+        }
     }
 
     pub fn encode(&self) -> String {

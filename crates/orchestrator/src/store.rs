@@ -9,15 +9,26 @@
 //! right after loses nothing.
 //!
 //! Reads happen once, at start-up ([`Store::open`] returns everything the
-//! in-memory registry needs); after that memory is the read model.
+//! in-memory registry needs); after that memory is the read model. The only
+//! later reads are the size and row counts for `/metrics`, on a separate
+//! read-only connection ([`Store::measure`]) so they never wait for the writer
+//! nor hold it up (WAL readers and the writer do not block each other).
+//!
+//! Disk stays bounded: history tables are trimmed per owner (only owners
+//! written since the last trim are looked at), ended streams older than the
+//! retention are removed in small batches ([`Store::expire_batch`]) that
+//! queue behind writes like any other job, and the space they free goes back
+//! to the file system in steps ([`Store::vacuum_step`], incremental
+//! auto-vacuum), so no job holds the writer for long.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-use rusqlite::{params, Connection, Transaction};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OpenFlags, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{
@@ -30,7 +41,20 @@ use crate::time::Timestamp;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_stream_failovers.sql"),
+    include_str!("../migrations/0003_streams_expiry.sql"),
 ];
+
+/// The tables, in the order `/metrics` lists their row counts.
+pub const TABLES: [&str; 5] = [
+    "engines",
+    "streams",
+    "stat_snapshots",
+    "health_checks",
+    "health_transitions",
+];
+
+/// SQLite's `auto_vacuum` value for INCREMENTAL.
+const AUTO_VACUUM_INCREMENTAL: i64 = 2;
 
 /// Most jobs folded into one transaction.
 const MAX_GROUP: usize = 1024;
@@ -123,6 +147,47 @@ enum Job {
     Flush {
         ack: oneshot::Sender<()>,
     },
+    Expire {
+        cutoff: Timestamp,
+        budget: usize,
+        ack: oneshot::Sender<Result<Expired, (WriteFailure, String)>>,
+    },
+    Vacuum {
+        pages: u32,
+        ack: oneshot::Sender<Result<VacuumStep, (WriteFailure, String)>>,
+    },
+    Checkpoint {
+        ack: oneshot::Sender<()>,
+    },
+}
+
+/// What one [`Store::expire_batch`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expired {
+    pub streams: usize,
+    pub snapshots: usize,
+    /// No expired stream is left.
+    pub done: bool,
+}
+
+/// What one [`Store::vacuum_step`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VacuumStep {
+    /// Bytes given back to the file system.
+    pub freed_bytes: u64,
+    /// Free pages still inside the file.
+    pub pages_left: u64,
+}
+
+/// The database's size and contents, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Measure {
+    pub main_bytes: u64,
+    pub wal_bytes: u64,
+    /// Pages free inside the file (what an incremental vacuum gives back).
+    pub free_bytes: u64,
+    /// Rows per table, in [`TABLES`] order.
+    pub rows: Vec<(&'static str, u64)>,
 }
 
 #[derive(Clone)]
@@ -137,6 +202,9 @@ pub struct Store {
     /// Write jobs sent whose changes are not on disk yet: queued, being
     /// committed, or kept after a failed commit for the next one.
     unsaved: Arc<AtomicUsize>,
+    path: Arc<PathBuf>,
+    /// Read-only connection for [`Store::measure`], opened on first use.
+    reader: Arc<Mutex<Option<Connection>>>,
 }
 
 impl Store {
@@ -154,8 +222,14 @@ impl Store {
             })?;
         }
         let mut conn = Connection::open(path)?;
+        let fresh = conn.pragma_query_value(None, "page_count", |r| r.get::<_, i64>(0))? == 0;
+        if fresh {
+            // Takes effect with the first table; no VACUUM needed.
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        }
         configure(&conn)?;
         migrate(&mut conn)?;
+        switch_to_incremental_vacuum(&conn, path);
         let loaded = load(&conn, retention, ended_streams_max)?;
         let (jobs, rx) = mpsc::unbounded_channel();
         let depth = Arc::new(AtomicUsize::new(0));
@@ -173,6 +247,8 @@ impl Store {
                 depth,
                 dropped,
                 unsaved,
+                path: Arc::new(path.to_path_buf()),
+                reader: Arc::new(Mutex::new(None)),
             },
             loaded,
         ))
@@ -275,6 +351,141 @@ impl Store {
             let _ = rx.await;
         }
     }
+
+    /// Removes ended streams that ended before `cutoff`, oldest first, with
+    /// their stat snapshots: at most `budget` snapshot rows (and `budget`
+    /// streams) in one transaction, so that the writes queued meanwhile wait
+    /// for one small batch only. Call again until [`Expired::done`].
+    pub async fn expire_batch(
+        &self,
+        cutoff: Timestamp,
+        budget: usize,
+    ) -> Result<Expired, StoreError> {
+        let (ack, rx) = oneshot::channel();
+        if !self.send(Job::Expire {
+            cutoff,
+            budget: budget.max(1),
+            ack,
+        }) {
+            return Err(StoreError::Closed);
+        }
+        match rx.await {
+            Ok(Ok(expired)) => Ok(expired),
+            Ok(Err((kind, message))) => Err(StoreError::Write { kind, message }),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Gives up to `pages` free pages back to the file system (the file
+    /// shrinks).
+    pub async fn vacuum_step(&self, pages: u32) -> Result<VacuumStep, StoreError> {
+        let (ack, rx) = oneshot::channel();
+        if !self.send(Job::Vacuum {
+            pages: pages.max(1),
+            ack,
+        }) {
+            return Err(StoreError::Closed);
+        }
+        match rx.await {
+            Ok(Ok(left)) => Ok(left),
+            Ok(Err((kind, message))) => Err(StoreError::Write { kind, message }),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Copies the WAL into the main file and truncates the WAL (best effort:
+    /// a reader in the middle of a query makes it a partial checkpoint).
+    pub async fn checkpoint(&self) {
+        let (ack, rx) = oneshot::channel();
+        if self.send(Job::Checkpoint { ack }) {
+            let _ = rx.await;
+        }
+    }
+
+    /// File sizes and row counts, read on a connection of its own (never
+    /// through the writer): counting a large table takes a while, and the
+    /// writer must not wait for it.
+    pub async fn measure(&self) -> Result<Measure, StoreError> {
+        let path = self.path.clone();
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || measure(&path, &reader))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn measure(path: &Path, reader: &Mutex<Option<Connection>>) -> Result<Measure, StoreError> {
+    let mut guard = reader.lock();
+    if guard.is_none() {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(2))?;
+        *guard = Some(conn);
+    }
+    let Some(conn) = guard.as_ref() else {
+        return Err(StoreError::Closed);
+    };
+    let mut rows = Vec::with_capacity(TABLES.len());
+    for table in TABLES {
+        let count: i64 =
+            conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
+        rows.push((table, count.max(0) as u64));
+    }
+    let free_pages: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+    let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    Ok(Measure {
+        main_bytes: size(path),
+        wal_bytes: size(Path::new(&wal)),
+        free_bytes: (free_pages.max(0) * page_size.max(0)) as u64,
+        rows,
+    })
+}
+
+/// A database created before incremental auto-vacuum keeps freed pages
+/// forever (reused, never returned). Switching needs one full VACUUM, which
+/// rewrites the file (time proportional to its size, and as much free disk
+/// space again): done once, at start, before anything is served. A failure
+/// (disk full) is not fatal: the database works as before, only without
+/// giving space back, and the switch is tried again at the next start.
+fn switch_to_incremental_vacuum(conn: &Connection, path: &Path) {
+    let mode = conn
+        .pragma_query_value(None, "auto_vacuum", |r| r.get::<_, i64>(0))
+        .unwrap_or(AUTO_VACUUM_INCREMENTAL);
+    if mode == AUTO_VACUUM_INCREMENTAL {
+        return;
+    }
+    let before = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    tracing::info!(
+        db = %path.display(),
+        bytes = before,
+        "switching the database to incremental auto-vacuum: one-time VACUUM, the service starts when it is done"
+    );
+    let started = std::time::Instant::now();
+    let result = conn
+        .pragma_update(None, "auto_vacuum", "INCREMENTAL")
+        .and_then(|()| conn.execute_batch("VACUUM"));
+    let took_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(()) => {
+            let after = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            tracing::info!(
+                took_ms,
+                bytes_before = before,
+                bytes_after = after,
+                "database switched to incremental auto-vacuum"
+            );
+        }
+        Err(error) => tracing::warn!(
+            %error,
+            took_ms,
+            "could not switch the database to incremental auto-vacuum (it needs free disk space as large as the file); freed space is reused but not returned; trying again at the next start"
+        ),
+    }
 }
 
 /// A write that has been queued; await [`PendingWrite::committed`] before answering.
@@ -336,6 +547,9 @@ fn writer_loop(
     // commit: memory and disk converge as soon as the database takes writes.
     let mut dirty: VecDeque<Vec<WriteOp>> = VecDeque::new();
     let mut dirty_ops = 0usize;
+    // Owners whose history grew since the last trim: only they can be over
+    // their limit, so a trim costs what was written, not the table's size.
+    let mut touched = Touched::default();
     while let Some(first) = jobs.blocking_recv() {
         let mut writes = Vec::new();
         let mut acks = Vec::new();
@@ -359,7 +573,7 @@ fn writer_loop(
         // A trim or flush with nothing new to write retries what failed.
         if !writes.is_empty() || !dirty.is_empty() {
             let retried = dirty.len();
-            let result = apply_all(&mut conn, dirty.iter().chain(writes.iter()))
+            let result = apply_all(&mut conn, dirty.iter().chain(writes.iter()), &mut touched)
                 .map_err(|e| (WriteFailure::of(&e), e.to_string()));
             match &result {
                 Ok(()) => {
@@ -398,11 +612,31 @@ fn writer_loop(
         for job in others {
             match job {
                 Job::Trim { retention } => {
-                    if let Err(error) = trim(&conn, retention) {
+                    if let Err(error) = trim(&mut conn, retention, &mut touched) {
                         tracing::warn!(%error, "trimming history tables failed");
                     }
                 }
                 Job::Flush { ack } => {
+                    let _ = ack.send(());
+                }
+                Job::Expire {
+                    cutoff,
+                    budget,
+                    ack,
+                } => {
+                    let result = expire(&mut conn, cutoff, budget)
+                        .map_err(|e| (WriteFailure::of(&e), e.to_string()));
+                    let _ = ack.send(result);
+                }
+                Job::Vacuum { pages, ack } => {
+                    let result = vacuum_step(&conn, pages)
+                        .map_err(|e| (WriteFailure::of(&e), e.to_string()));
+                    let _ = ack.send(result);
+                }
+                Job::Checkpoint { ack } => {
+                    if let Err(error) = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
+                        tracing::debug!(%error, "checkpoint failed");
+                    }
                     let _ = ack.send(());
                 }
                 Job::Write { .. } => {}
@@ -413,13 +647,37 @@ fn writer_loop(
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
 }
 
+/// History owners written since the last trim.
+#[derive(Default)]
+struct Touched {
+    streams: HashSet<String>,
+    engines: HashSet<String>,
+}
+
+impl Touched {
+    fn note(&mut self, op: &WriteOp) {
+        // Checked before inserting so that a known owner costs no allocation.
+        let (set, owner) = match op {
+            WriteOp::StatSnapshot { stream_id, .. } => (&mut self.streams, stream_id),
+            WriteOp::HealthCheck { engine_id, .. }
+            | WriteOp::HealthTransition { engine_id, .. } => (&mut self.engines, engine_id),
+            _ => return,
+        };
+        if !set.contains(owner) {
+            set.insert(owner.clone());
+        }
+    }
+}
+
 fn apply_all<'a>(
     conn: &mut Connection,
     batches: impl Iterator<Item = &'a Vec<WriteOp>>,
+    touched: &mut Touched,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     for op in batches.flatten() {
         apply(&tx, op)?;
+        touched.note(op);
     }
     tx.commit()
 }
@@ -581,28 +839,110 @@ fn apply(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Keeps the newest rows of each history table per owner.
-fn trim(conn: &Connection, retention: Retention) -> rusqlite::Result<()> {
-    let keep = |table: &str, owner: &str, limit: usize| -> rusqlite::Result<usize> {
-        conn.execute(
-            &format!(
-                "DELETE FROM {table} WHERE id IN (
-                    SELECT id FROM (
-                        SELECT id, ROW_NUMBER() OVER (PARTITION BY {owner} ORDER BY id DESC) AS rn
-                        FROM {table})
-                    WHERE rn > ?1)"
-            ),
-            [limit as i64],
-        )
-    };
-    keep("stat_snapshots", "stream_id", retention.stats_per_stream)?;
-    keep("health_checks", "engine_id", retention.health_per_engine)?;
-    keep(
-        "health_transitions",
-        "engine_id",
-        retention.health_per_engine,
-    )?;
+/// Keeps the newest rows of each history table per owner, looking only at
+/// the owners written since the last trim. An owner not written to again
+/// after a restart keeps at most what one trim interval added over its limit.
+fn trim(
+    conn: &mut Connection,
+    retention: Retention,
+    touched: &mut Touched,
+) -> rusqlite::Result<()> {
+    if touched.streams.is_empty() && touched.engines.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    {
+        // Everything of the owner at or below its (limit+1)-th newest row.
+        let keep = |table: &str, owner: &str| {
+            tx.prepare(&format!(
+                "DELETE FROM {table} WHERE {owner} = ?1 AND id <= (
+                    SELECT id FROM {table} WHERE {owner} = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)"
+            ))
+        };
+        let mut stats = keep("stat_snapshots", "stream_id")?;
+        for id in &touched.streams {
+            stats.execute(params![id, retention.stats_per_stream as i64])?;
+        }
+        let mut checks = keep("health_checks", "engine_id")?;
+        let mut transitions = keep("health_transitions", "engine_id")?;
+        for id in &touched.engines {
+            checks.execute(params![id, retention.health_per_engine as i64])?;
+            transitions.execute(params![id, retention.health_per_engine as i64])?;
+        }
+    }
+    tx.commit()?;
+    touched.streams.clear();
+    touched.engines.clear();
     Ok(())
+}
+
+/// Streams looked at per expiry batch (their snapshots are bounded by the
+/// budget, not by this).
+const EXPIRE_STREAMS_PER_BATCH: usize = 256;
+
+/// One batch of the retention clean-up: the oldest ended streams that ended
+/// before `cutoff` lose up to `budget` snapshot rows; those left with none
+/// are removed. A stream is removed only after all its snapshots, so a
+/// batch cut short by the budget leaves nothing orphaned.
+fn expire(conn: &mut Connection, cutoff: Timestamp, budget: usize) -> rusqlite::Result<Expired> {
+    let tx = conn.transaction()?;
+    let mut expired = Expired::default();
+    let found;
+    {
+        let mut oldest = tx.prepare_cached(
+            "SELECT id FROM streams WHERE status = 'ended' AND ended_at < ?1
+             ORDER BY ended_at LIMIT ?2",
+        )?;
+        let ids = oldest
+            .query_map(
+                params![cutoff.millis(), EXPIRE_STREAMS_PER_BATCH.min(budget) as i64],
+                |r| r.get::<_, String>(0),
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        found = ids.len();
+        let mut snapshots = tx.prepare_cached(
+            "DELETE FROM stat_snapshots WHERE id IN (
+                SELECT id FROM stat_snapshots WHERE stream_id = ?1 LIMIT ?2)",
+        )?;
+        let mut stream = tx.prepare_cached("DELETE FROM streams WHERE id = ?1")?;
+        let mut left = budget;
+        for id in &ids {
+            let removed = snapshots.execute(params![id, left as i64])?;
+            expired.snapshots += removed;
+            if removed == left {
+                // The budget is spent; the stream may have more.
+                left = 0;
+                break;
+            }
+            left -= removed;
+            expired.streams += stream.execute([id])?;
+            if left == 0 {
+                break;
+            }
+        }
+        expired.done = left > 0 && found < EXPIRE_STREAMS_PER_BATCH.min(budget);
+    }
+    tx.commit()?;
+    Ok(expired)
+}
+
+/// Returns up to `pages` free pages to the file system.
+fn vacuum_step(conn: &Connection, pages: u32) -> rusqlite::Result<VacuumStep> {
+    let free = |conn: &Connection| -> rusqlite::Result<u64> {
+        let n: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    };
+    let before = free(conn)?;
+    if before > 0 {
+        // A pragma with an argument: run it to its end.
+        conn.pragma(None, "incremental_vacuum", pages, |_| Ok(()))?;
+    }
+    let left = free(conn)?;
+    let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    Ok(VacuumStep {
+        freed_bytes: before.saturating_sub(left) * page_size.max(0) as u64,
+        pages_left: left,
+    })
 }
 
 fn ts(ms: Option<i64>) -> Option<Timestamp> {
@@ -670,10 +1010,13 @@ fn load(
     let rows = stmt.query_map([ended_streams_max as i64], |r| {
         let key_type: String = r.get(1)?;
         let status: String = r.get(10)?;
+        let key_type = KeyType::parse(&key_type).unwrap_or(KeyType::ContentId);
+        let key: String = r.get(2)?;
         Ok(Stream {
             id: r.get(0)?,
-            key_type: KeyType::parse(&key_type).unwrap_or(KeyType::ContentId),
-            key: r.get(2)?,
+            play: crate::domain::PlayPaths::for_key(key_type, &key),
+            key_type,
+            key,
             container_id: r.get(3)?,
             playback_session_id: r.get(4)?,
             stat_url: r.get(5)?,
@@ -684,6 +1027,7 @@ fn load(
             status: StreamStatus::parse(&status).unwrap_or(StreamStatus::Ended),
             end_reason: r.get(11)?,
             viewers: 0,
+            viewers_by_kind: Default::default(),
             failovers: serde_json::from_str(&r.get::<_, String>(12)?).unwrap_or_default(),
         })
     })?;
@@ -822,7 +1166,9 @@ mod tests {
             status: StreamStatus::Started,
             end_reason: None,
             viewers: 0,
+            viewers_by_kind: Default::default(),
             failovers: Vec::new(),
+            play: None,
         })));
         store.submit(ops).committed().await.unwrap();
         store.trim(RETENTION);
@@ -834,5 +1180,194 @@ mod tests {
         assert_eq!(loaded.streams.len(), 1);
         let peers: Vec<_> = loaded.stats["s1"].iter().map(|s| s.peers).collect();
         assert_eq!(peers, vec![Some(2), Some(3), Some(4)]);
+    }
+
+    fn stream(id: &str, started: i64, ended: Option<i64>) -> Stream {
+        Stream {
+            id: id.into(),
+            key_type: KeyType::Infohash,
+            key: id.into(),
+            container_id: "e1".into(),
+            playback_session_id: None,
+            stat_url: None,
+            command_url: None,
+            is_live: true,
+            started_at: Timestamp::from_millis(started),
+            ended_at: ended.map(Timestamp::from_millis),
+            status: if ended.is_some() {
+                StreamStatus::Ended
+            } else {
+                StreamStatus::Started
+            },
+            end_reason: None,
+            viewers: 0,
+            viewers_by_kind: Default::default(),
+            failovers: Vec::new(),
+            play: None,
+        }
+    }
+
+    fn snapshots(stream_id: &str, n: i64) -> Vec<WriteOp> {
+        (0..n)
+            .map(|i| WriteOp::StatSnapshot {
+                stream_id: stream_id.into(),
+                snapshot: StatSnapshot {
+                    ts: Timestamp::from_millis(i),
+                    peers: Some(i),
+                    speed_down: Some(1000),
+                    speed_up: Some(10),
+                    downloaded: Some(i * 1000),
+                    uploaded: Some(i),
+                    status: Some("dl".into()),
+                },
+            })
+            .collect()
+    }
+
+    fn count(path: &Path, sql: &str) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn expiry_removes_old_ended_streams_and_their_snapshots_in_small_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        let (store, _) = Store::open(&path, RETENTION, 10).unwrap();
+        let mut ops = Vec::new();
+        for (id, started, ended) in [
+            ("old-1", 100, Some(200)),
+            ("old-2", 300, Some(400)),
+            ("old-3", 500, Some(600)),
+            ("recent", 700, Some(2_000)),
+            // Started long ago and still playing: never expires.
+            ("playing", 100, None),
+        ] {
+            ops.push(WriteOp::UpsertStream(Box::new(stream(id, started, ended))));
+            ops.extend(snapshots(id, 3));
+        }
+        store.submit(ops).committed().await.unwrap();
+
+        let cutoff = Timestamp::from_millis(1_000);
+        let mut batches = Vec::new();
+        loop {
+            let batch = store.expire_batch(cutoff, 4).await.unwrap();
+            batches.push(batch);
+            if batch.done {
+                break;
+            }
+            assert!(batches.len() < 10, "{batches:?}");
+        }
+        assert!(batches.iter().all(|b| b.snapshots <= 4), "{batches:?}");
+        assert_eq!(batches.iter().map(|b| b.snapshots).sum::<usize>(), 9);
+        assert_eq!(batches.iter().map(|b| b.streams).sum::<usize>(), 3);
+        assert!(batches.len() >= 3, "{batches:?}");
+
+        let (_store, loaded) = {
+            drop(store);
+            Store::open(&path, RETENTION, 10).unwrap()
+        };
+        let mut ids: Vec<_> = loaded.streams.iter().map(|s| s.id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["playing", "recent"]);
+        assert_eq!(count(&path, "SELECT COUNT(*) FROM stat_snapshots"), 6);
+        assert_eq!(
+            count(
+                &path,
+                "SELECT COUNT(*) FROM stat_snapshots WHERE stream_id LIKE 'old-%'"
+            ),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn trimming_keeps_the_newest_rows_of_each_owner_written_since_the_last_trim() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        let (store, _) = Store::open(&path, RETENTION, 10).unwrap();
+        let mut ops = snapshots("a", 6);
+        ops.extend(snapshots("b", 2));
+        for i in 0..5 {
+            ops.push(WriteOp::HealthCheck {
+                engine_id: "e1".into(),
+                check: HealthCheck {
+                    ts: Timestamp::from_millis(i),
+                    ok: true,
+                    source: CheckSource::Probe,
+                    latency_ms: Some(1.0),
+                    error: None,
+                },
+            });
+        }
+        store.submit(ops).committed().await.unwrap();
+        store.trim(RETENTION);
+        store.flush().await;
+        let per = |sql: &str| count(&path, sql);
+        assert_eq!(
+            per("SELECT COUNT(*) FROM stat_snapshots WHERE stream_id = 'a'"),
+            3
+        );
+        assert_eq!(
+            per("SELECT MIN(peers) FROM stat_snapshots WHERE stream_id = 'a'"),
+            3
+        );
+        assert_eq!(
+            per("SELECT COUNT(*) FROM stat_snapshots WHERE stream_id = 'b'"),
+            2
+        );
+        assert_eq!(per("SELECT COUNT(*) FROM health_checks"), 2);
+    }
+
+    #[tokio::test]
+    async fn an_old_database_switches_to_incremental_vacuum_and_gives_space_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        {
+            // As the versions before incremental auto-vacuum created it.
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            conn.execute_batch("CREATE TABLE t (x)").unwrap();
+            let mode: i64 = conn
+                .pragma_query_value(None, "auto_vacuum", |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, 0);
+            conn.execute_batch("DROP TABLE t").unwrap();
+        }
+        let (store, _) = Store::open(&path, RETENTION, 10).unwrap();
+        assert_eq!(count(&path, "PRAGMA auto_vacuum"), 2);
+
+        let mut ops = Vec::new();
+        for i in 0..40 {
+            let id = format!("s{i}");
+            ops.push(WriteOp::UpsertStream(Box::new(stream(&id, 1, Some(2)))));
+            ops.extend(snapshots(&id, 100));
+        }
+        store.submit(ops).committed().await.unwrap();
+        store.checkpoint().await;
+        let full = std::fs::metadata(&path).unwrap().len();
+        while !store
+            .expire_batch(Timestamp::from_millis(10), 500)
+            .await
+            .unwrap()
+            .done
+        {}
+        let mut freed = 0;
+        loop {
+            let step = store.vacuum_step(8).await.unwrap();
+            freed += step.freed_bytes;
+            if step.pages_left == 0 {
+                break;
+            }
+        }
+        store.checkpoint().await;
+        let after = std::fs::metadata(&path).unwrap().len();
+        assert!(freed > 0);
+        assert!(after < full / 2, "{full} -> {after}");
+        let measure = store.measure().await.unwrap();
+        assert_eq!(measure.main_bytes, after);
+        assert_eq!(measure.free_bytes, 0);
+        assert!(measure.rows.iter().all(|&(_, n)| n == 0), "{measure:?}");
     }
 }

@@ -1473,6 +1473,11 @@ async fn a_vpn_node_shows_its_engines_and_turns_red_when_its_tunnel_drops() {
         "",
         "no error on a healthy node"
     );
+    assert_eq!(
+        browser.text(&format!("{node_card} .node-credential")).await,
+        "static node",
+        "a configured node holds no credential of VPN_CONFIGS_DIR"
+    );
 
     gluetun.set_tunnel("stopped").await;
     browser

@@ -41,6 +41,7 @@ fn settings(min_replicas: u32) -> PoolSettings {
         image: "engine:test".into(),
         label: label(),
         network: None,
+        limits: Default::default(),
         map_https: false,
         startup_timeout: Duration::from_secs(5),
         min_replicas,
@@ -54,6 +55,7 @@ fn settings(min_replicas: u32) -> PoolSettings {
         max_unhealthy_percent: 50,
         allowed_images: vec!["engine:test".into()],
         vpn: None,
+        on_demand: None,
     }
 }
 
@@ -168,6 +170,7 @@ fn engine_spec(name: &str, host_port: u16, label: Label) -> ContainerSpec {
         ]),
         ports: vec![PortMapping::published(40000, host_port)],
         network: None,
+        ..Default::default()
     }
 }
 

@@ -91,6 +91,7 @@ impl Registry {
 
         let stream = Stream {
             id: stream_id.clone(),
+            play: crate::domain::PlayPaths::for_key(event.key_type, &event.key),
             key_type: event.key_type,
             key: event.key,
             container_id: engine_id,
@@ -103,6 +104,7 @@ impl Registry {
             status: StreamStatus::Started,
             end_reason: None,
             viewers: 0,
+            viewers_by_kind: Default::default(),
             failovers: Vec::new(),
         };
         // The built-in proxy repeats the event when it moves a stream to
@@ -113,6 +115,7 @@ impl Registry {
         if let Some(old) = self.streams.get(&stream_id) {
             if old.status == StreamStatus::Started {
                 stream.viewers = old.viewers;
+                stream.viewers_by_kind = old.viewers_by_kind;
                 stream.failovers = old.failovers.clone();
                 if old.container_id != stream.container_id {
                     stream.started_at = old.started_at;
@@ -186,6 +189,26 @@ impl Registry {
         }
     }
 
+    /// Forgets ended streams that ended before `cutoff` (and their stat
+    /// history): the retention clean-up removes them from the database, so
+    /// `GET /streams` stops showing them too. Returns how many went.
+    pub fn forget_ended_before(&mut self, cutoff: Timestamp) -> usize {
+        let streams = &mut self.streams;
+        let stats = &mut self.stats;
+        let before = self.ended_order.len();
+        self.ended_order.retain(|id| {
+            let expired = streams.get(id).is_some_and(|s| {
+                s.status == StreamStatus::Ended && s.ended_at.is_some_and(|at| at < cutoff)
+            });
+            if expired {
+                streams.remove(id);
+                stats.remove(id);
+            }
+            !expired
+        });
+        before - self.ended_order.len()
+    }
+
     /// The `stream_ended` event: by stream id; without one, the newest started
     /// stream of the container. Returns whether anything changed and the stream, if known.
     pub fn stream_ended(
@@ -241,10 +264,11 @@ impl Registry {
 
     /// Sets how many players read a started stream through the built-in
     /// proxy. In memory only: a restart ends every proxied session.
-    pub fn set_viewers(&mut self, stream_id: &str, viewers: u32) -> bool {
+    pub fn set_viewers(&mut self, stream_id: &str, by_kind: crate::domain::ViewersByKind) -> bool {
         match self.streams.get_mut(stream_id) {
-            Some(s) if s.status == StreamStatus::Started && s.viewers != viewers => {
-                s.viewers = viewers;
+            Some(s) if s.status == StreamStatus::Started && s.viewers_by_kind != by_kind => {
+                s.viewers = by_kind.ts + by_kind.hls;
+                s.viewers_by_kind = by_kind;
                 true
             }
             _ => false,

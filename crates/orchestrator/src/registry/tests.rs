@@ -207,7 +207,7 @@ fn a_stream_moved_to_another_engine_keeps_its_start_viewers_and_failovers() {
     let mut event = start("127.0.0.1", 5, "k");
     event.labels.insert("stream_id".into(), "proxy-1".into());
     reg.stream_started(event.clone(), t(1_000)).unwrap();
-    assert!(reg.set_viewers("proxy-1", 3));
+    assert!(reg.set_viewers("proxy-1", crate::domain::ViewersByKind { ts: 2, hls: 1 }));
     let failover = crate::domain::FailoverRecord {
         at: t(5_000),
         from: "127.0.0.1:5".into(),

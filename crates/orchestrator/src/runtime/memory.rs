@@ -107,6 +107,7 @@ impl MemoryRuntime {
             ports: spec.ports,
             networks: BTreeMap::new(),
             health: None,
+            task: None,
         };
         state.created.push(spec.name);
         state.containers.insert(info.id.clone(), info.clone());

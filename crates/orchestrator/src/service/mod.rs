@@ -246,6 +246,21 @@ impl Orchestrator {
         self.store.trim(self.settings.retention);
     }
 
+    /// The database, for the retention clean-up and its measurements.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Forgets in memory the ended streams the retention clean-up removes
+    /// from the database.
+    pub fn forget_ended_streams_before(&self, cutoff: Timestamp) -> usize {
+        let forgotten = self.registry.write().forget_ended_before(cutoff);
+        if forgotten > 0 {
+            self.changed();
+        }
+        forgotten
+    }
+
     /// Waits until everything queued is committed (or given up on).
     pub async fn flush(&self) {
         self.store.flush().await;

@@ -608,6 +608,8 @@ mod tests {
         }
         let node = NodeSummary {
             name: "vpn-a".into(),
+            kind: crate::vpn::NodeKind::OnDemand,
+            credential: Some("se-1".into()),
             health_status: crate::domain::HealthStatus::Unhealthy,
             health_since: Some(now),
             last_health_check: Some(now),
@@ -625,6 +627,8 @@ mod tests {
         let nodes = snapshot["vpn_nodes"].as_array().unwrap();
         assert_eq!(nodes.len(), 1);
         assert_eq!(nodes[0]["name"], "vpn-a");
+        assert_eq!(nodes[0]["kind"], "on_demand");
+        assert_eq!(nodes[0]["credential"], "se-1");
         assert_eq!(nodes[0]["health_status"], "unhealthy");
         assert_eq!(nodes[0]["engines"], serde_json::json!(["127.0.0.1:19023"]));
         assert!(nodes[0].get("checks").is_none(), "no check history");

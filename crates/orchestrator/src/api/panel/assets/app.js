@@ -375,16 +375,16 @@ async function stopStream(button, id) {
   });
 }
 
-/** Copies a proxied stream's player URL; where the clipboard is not available
- * (plain http from another machine), selects the text for Ctrl+C. */
-async function copyPlayerUrl(card) {
-  const code = card.querySelector('.player-url');
+/** Copies a proxied stream's player (or HLS) URL; where the clipboard is not
+ * available (plain http from another machine), selects the text for Ctrl+C. */
+async function copyPlayerUrl(card, selector = '.player-url', what = 'Player URL') {
+  const code = card.querySelector(selector);
   try {
     await navigator.clipboard.writeText(code.textContent);
-    toast('Player URL copied');
+    toast(`${what} copied`);
   } catch {
     getSelection().selectAllChildren(code);
-    toast('Player URL selected: press Ctrl+C to copy it');
+    toast(`${what} selected: press Ctrl+C to copy it`);
   }
 }
 
@@ -511,6 +511,7 @@ function wire() {
     if (!button) return;
     if (button.dataset.action === 'stop') stopStream(button, button.closest('.stream').dataset.id);
     else if (button.dataset.action === 'copy') copyPlayerUrl(button.closest('.stream'));
+    else if (button.dataset.action === 'copy-hls') copyPlayerUrl(button.closest('.stream'), '.hls-url', 'HLS URL');
   });
 
   $('detail').addEventListener('close', () => {

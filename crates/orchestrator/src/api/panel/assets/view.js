@@ -226,6 +226,7 @@ function createNode(node, id) {
   card.append(
     head,
     field('Public IP', el('span', 'public-ip')),
+    field('Credential', el('span', 'node-credential')),
     field('Forwarded port', el('span', 'forwarded-port')),
     field('Healthy for', timeEl('since node-since')),
     field('Container health', el('span', 'docker-health')),
@@ -244,6 +245,13 @@ function updateNode(card, { node, engines }) {
   card.querySelector('.badge').title = `${node.health_status}${node.health_since ? ` since ${fullTime(node.health_since)}` : ''}${reason}`;
   const ip = node.public_ip ? `${node.public_ip}${node.country ? ` (${node.country})` : ''}` : '–';
   setText(card.querySelector('.public-ip'), ip);
+  // A node the orchestrator created shows the credential it leases; a
+  // configured one says so.
+  const credential = card.querySelector('.node-credential');
+  setText(credential, node.kind === 'on_demand' ? (node.credential ?? '–') : 'static node');
+  credential.title = node.kind === 'on_demand'
+    ? `Created on demand with the WireGuard credential ${node.credential}.conf of VPN_CONFIGS_DIR`
+    : 'Named in GLUETUN_CONTAINER_NAME / GLUETUN_CONTAINERS';
   setText(card.querySelector('.forwarded-port'), node.forwarded_port == null ? '–' : String(node.forwarded_port));
   const sinceEl = card.querySelector('.node-since');
   setText(sinceEl.parentElement.querySelector('.label'), down ? 'Down for' : node.health_status === 'healthy' ? 'Healthy for' : 'Unknown for');
@@ -316,6 +324,14 @@ function createStream(stream, id) {
   const playerValue = el('div', 'player-value');
   playerValue.append(el('code', 'player-url'), copy);
   player.append(el('span', 'label', 'Player URL'), playerValue);
+  // The same stream as HLS (`/ace/manifest.m3u8`), for phones, TVs and browsers.
+  const hls = el('div', 'field player player-hls');
+  const copyHls = el('button', 'copy copy-hls', 'Copy');
+  copyHls.type = 'button';
+  copyHls.dataset.action = 'copy-hls';
+  const hlsValue = el('div', 'player-value');
+  hlsValue.append(el('code', 'hls-url'), copyHls);
+  hls.append(el('span', 'label', 'HLS URL'), hlsValue);
   // Failovers: a count badge that opens the list.
   const failovers = el('details', 'failovers');
   const summary = el('summary');
@@ -327,8 +343,9 @@ function createStream(stream, id) {
     field('Engine', el('span', 'engine-name')),
     field('Started', el('span', 'started')),
     field('Duration', timeEl('since duration')),
-    field('Viewers', el('span', 'viewers')),
+    field('Viewers', viewersValue()),
     player,
+    hls,
     failovers,
     el('div', 'links'),
     createChart(),
@@ -350,11 +367,31 @@ export function playerUrl(stream) {
   return `${location.origin}/ace/getstream?${parameter}=${encodeURIComponent(stream.key)}`;
 }
 
+/** The HLS address of a proxied stream, or null. */
+export function hlsUrl(stream) {
+  if (!isProxied(stream) || !stream.play?.hls) return null;
+  return `${location.origin}${stream.play.hls}`;
+}
+
+/** The viewer count and, beside it, the count by kind. */
+function viewersValue() {
+  const value = el('span', 'viewers-value');
+  value.append(el('span', 'viewers'), el('span', 'viewer-kinds'));
+  return value;
+}
+
 /** "3 viewers", "1 viewer"; "–" for a stream of another proxy, which the orchestrator cannot count. */
 function viewersText(stream) {
   const n = stream.viewers ?? 0;
   if (n === 0 && !isProxied(stream)) return '–';
   return `${n} viewer${n === 1 ? '' : 's'}`;
+}
+
+/** " (2 TS, 1 HLS)"; empty without viewers. */
+function viewerKindsText(stream) {
+  const kinds = stream.viewers_by_kind;
+  const parts = kinds ? [[kinds.ts, 'TS'], [kinds.hls, 'HLS']].filter(([k]) => k > 0) : [];
+  return parts.length ? ` (${parts.map(([k, name]) => `${k} ${name}`).join(', ')})` : '';
 }
 
 function renderFailovers(details, failovers, names) {
@@ -392,10 +429,15 @@ function updateStream(card, { stream, engine, samples, names }) {
   setTime(card.querySelector('.duration'), stream.started_at);
   card.dataset.proxied = String(isProxied(stream));
   setText(card.querySelector('.viewers'), viewersText(stream));
+  setText(card.querySelector('.viewer-kinds'), viewerKindsText(stream));
   const url = playerUrl(stream);
   card.querySelector('.player').hidden = !url;
   setText(card.querySelector('.player-url'), url ?? '');
   card.querySelector('.copy').setAttribute('aria-label', `Copy the player URL of ${stream.id}`);
+  const hls = hlsUrl(stream);
+  card.querySelector('.player-hls').hidden = !hls;
+  setText(card.querySelector('.hls-url'), hls ?? '');
+  card.querySelector('.copy-hls').setAttribute('aria-label', `Copy the HLS URL of ${stream.id}`);
   renderFailovers(card.querySelector('.failovers'), stream.failovers ?? [], names);
   const links = card.querySelector('.links');
   if (links.dataset.for !== `${stream.stat_url}|${stream.command_url}`) {
