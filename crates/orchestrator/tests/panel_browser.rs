@@ -163,20 +163,25 @@ impl Browser {
             .build()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
-        let answer = wait_for("chromedriver to accept a session", SHOWN, || {
-            let client = client.clone();
-            let url = format!("{base}/session");
-            let capabilities = capabilities.clone();
-            async move {
-                let response = client.post(url).json(&capabilities).send().await.ok()?;
-                Some(
-                    response
-                        .json::<Value>()
-                        .await
-                        .expect("chromedriver answers JSON"),
-                )
-            }
-        })
+        // Starting Chromium takes seconds on a busy machine.
+        let answer = wait_for(
+            "chromedriver to accept a session",
+            Duration::from_secs(30),
+            || {
+                let client = client.clone();
+                let url = format!("{base}/session");
+                let capabilities = capabilities.clone();
+                async move {
+                    let response = client.post(url).json(&capabilities).send().await.ok()?;
+                    Some(
+                        response
+                            .json::<Value>()
+                            .await
+                            .expect("chromedriver answers JSON"),
+                    )
+                }
+            },
+        )
         .await;
         let session = answer["value"]["sessionId"]
             .as_str()
