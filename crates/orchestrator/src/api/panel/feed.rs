@@ -521,3 +521,105 @@ pub fn snapshot_of(
     model.apply(reading, now);
     Ok(model.snapshot_json("0-0", now))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{CheckSource, HealthCheck};
+    use crate::registry::Limits;
+
+    fn registry(engines: u16) -> Registry {
+        let mut registry = Registry::new(Limits {
+            failure_threshold: 1,
+            health_history_max: 50,
+            stats_history_max: 10,
+            ended_streams_max: 10,
+        });
+        for port in 0..engines {
+            registry.register(Registry::new_external_engine(
+                "127.0.0.1",
+                20000 + port,
+                None,
+                Some(format!("engine-{port}")),
+                BTreeMap::new(),
+                Timestamp::from_millis(1_795_836_466_000),
+            ));
+        }
+        registry
+    }
+
+    fn check(registry: &mut Registry, id: &str, ms: i64, ok: bool) {
+        registry.record_check(
+            id,
+            HealthCheck {
+                ts: Timestamp::from_millis(ms),
+                ok,
+                source: CheckSource::Probe,
+                latency_ms: ok.then_some(1.5),
+                error: (!ok).then(|| "no answer within 1.0s (engine hung?)".to_owned()),
+            },
+        );
+    }
+
+    fn step(model: &mut Model, registry: &Registry, now: i64) -> Option<Map<String, Value>> {
+        let now = Timestamp::from_millis(now);
+        let reading = read(registry, model, Vec::new(), now).unwrap();
+        model.apply(reading, now)
+    }
+
+    #[test]
+    fn a_check_of_one_engine_is_a_delta_naming_only_it_with_the_implied_time_left_out() {
+        let mut registry = registry(50);
+        let mut model = Model::default();
+        assert!(
+            step(&mut model, &registry, 1_795_836_466_100).is_some(),
+            "everything is new"
+        );
+        assert!(
+            step(&mut model, &registry, 1_795_836_466_200).is_none(),
+            "nothing changed"
+        );
+
+        check(&mut registry, "127.0.0.1:20007", 1_795_836_466_250, true);
+        let delta = step(&mut model, &registry, 1_795_836_466_300).unwrap();
+        let engines = delta["engines"].as_object().unwrap();
+        assert_eq!(engines.keys().collect::<Vec<_>>(), ["127.0.0.1:20007"]);
+        let patch = engines["127.0.0.1:20007"].as_object().unwrap();
+        assert!(
+            !patch.contains_key("last_health_check"),
+            "implied by the check: {patch:?}"
+        );
+        assert_eq!(patch["health_status"], "healthy");
+        assert_eq!(
+            delta["checks"],
+            serde_json::json!({"127.0.0.1:20007": [[50, 1]]})
+        );
+        assert!(Value::Object(delta).to_string().len() < 300);
+
+        // A hang: the error travels with the check; gone engines are null.
+        check(&mut registry, "127.0.0.1:20007", 1_795_836_467_000, false);
+        registry
+            .remove_engine(
+                "127.0.0.1:20008",
+                "test",
+                Timestamp::from_millis(1_795_836_467_000),
+            )
+            .unwrap();
+        let delta = step(&mut model, &registry, 1_795_836_467_100).unwrap();
+        assert_eq!(delta["engines"]["127.0.0.1:20008"], Value::Null);
+        assert_eq!(
+            delta["checks"]["127.0.0.1:20007"][0],
+            serde_json::json!([100, 0, "no answer within 1.0s (engine hung?)"])
+        );
+        let snapshot: Value =
+            serde_json::from_str(&model.snapshot_json("x-1", Timestamp::from_millis(0))).unwrap();
+        assert_eq!(snapshot["engines"].as_array().unwrap().len(), 49);
+        assert_eq!(
+            snapshot["recent_checks"]["127.0.0.1:20007"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+}

@@ -15,7 +15,7 @@
 import { ApiError, apiKey, request, segment } from './api.js';
 import { learnServerTime, now } from './format.js';
 import { applyDelta, asSnapshot, createStore, loadSnapshot, streamList } from './store.js';
-import { createPool, renderPager, renderPool } from './pool.js';
+import { createPool, hoverCell, renderPager, renderPool } from './pool.js';
 import {
   engineName, redrawStreamChart, renderConnection, renderDetail, renderEngines, renderKpis,
   renderStreams, renderVpnNodes, tickTimes, toast,
@@ -450,7 +450,10 @@ function wireFilters() {
     state.streamPage = 0;
     redraw();
   });
-  // A cell of the map opens its engine's detail (hover shows its title).
+  // A cell of the map says what it is when hovered, and opens its engine's detail.
+  $('pool-map').addEventListener('mouseover', (event) => {
+    if (event.target.classList.contains('cell')) hoverCell(event.target, state.store);
+  });
   $('pool-map').addEventListener('click', (event) => {
     const cell = event.target.closest('.cell');
     if (cell) openDetail(cell.dataset.id);

@@ -173,8 +173,8 @@ export function renderPool(pool, store, all) {
     if (!engine || !cell) continue;
     const state = cellState(engine, store.nodes);
     if (cell.dataset.health !== state) cell.dataset.health = state;
-    const title = cellTitle(engine, store.nodes);
-    if (cell.title !== title) cell.title = title;
+    // The hover text is written when the pointer arrives (hoverCell), not
+    // for every engine a sweep touched.
     if (!rebuild) pool.haystack.set(id, haystackOf(engine));
   }
 
@@ -226,6 +226,12 @@ export function renderPool(pool, store, all) {
   changed.engines.clear();
   changed.membership = false;
   return visible;
+}
+
+/** Gives a map cell its hover text (name, health, address, error, streams) as the pointer arrives. */
+export function hoverCell(cell, store) {
+  const engine = store.engines.get(cell.dataset.id);
+  if (engine) cell.title = cellTitle(engine, store.nodes);
 }
 
 /** Previous / "Page 2 of 40" / Next; hidden when everything fits on one page. */
