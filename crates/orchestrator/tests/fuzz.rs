@@ -150,6 +150,15 @@ import json
 import schemathesis
 
 
+@schemathesis.serializer("audio/x-mpegurl")
+def m3u_playlist(ctx, value):
+    """POST /playlist takes an M3U playlist: the generated text as bytes
+    (lone surrogates kept, so invalid UTF-8 reaches the server too)."""
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8", "surrogatepass")
+
+
 @schemathesis.check
 def error_is_json_detail(ctx, response, case):
     """Every 4xx/5xx answer is JSON {"detail": "<non-empty text>"}."""
