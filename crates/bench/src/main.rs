@@ -11,13 +11,17 @@
 //! cargo run --release -p bench -- --soak-seconds 600  # the same mix for 10 min, RSS series
 //! cargo run --release -p bench -- --proxy           # the built-in stream proxy (fan-out, failovers...)
 //! cargo run --release -p bench -- --retention       # a year of traffic, then the database clean-up
+//! cargo run --release -p bench -- --hls             # 200 HLS viewers of one stream
+//! cargo run --release -p bench -- --panel           # one dashboard's event stream, bytes/s
 //! ```
 //!
 //! Progress goes to stderr, the summary to stdout. Exits 0 when the run
 //! completed (whether or not every target passed), non-zero when the harness
 //! itself failed. See docs/PERFORMANCE.md.
 
+mod hls;
 mod load;
+mod panel;
 mod phases;
 mod procs;
 mod proxy;
@@ -25,7 +29,7 @@ mod report;
 mod retention;
 mod sampler;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -38,18 +42,52 @@ use procs::{Orch, OrchSettings, Sim};
 use report::{Machine, RunConfig, Summary, Target};
 use sampler::{kb_to_mb, Sampler, Watched};
 
-/// Targets.
+/// Targets up to [`LARGE_POOL`] engines.
 const MAX_AGE_SLACK_S: f64 = 1.2;
 const ENGINES_P99_MS: f64 = 10.0;
 const PEAK_RSS_MB: f64 = 40.0;
 const INGEST_EVENTS_PER_S: f64 = 3000.0;
+
+/// Above this many engines the large-pool targets apply (issue 11: 5,000
+/// engines, a tenth hung): max age <= interval + 1.5 s, `GET /engines` p99
+/// <= 50 ms, peak RSS <= 128 MiB; ingest as above.
+const LARGE_POOL: usize = 1000;
+const LARGE_MAX_AGE_SLACK_S: f64 = 1.5;
+const LARGE_ENGINES_P99_MS: f64 = 50.0;
+const LARGE_PEAK_RSS_MB: f64 = 128.0;
+
+/// The targets a run is held to.
+struct Goals {
+    max_age_slack_s: f64,
+    engines_p99_ms: f64,
+    peak_rss_mb: f64,
+}
+
+impl Goals {
+    fn for_size(args: &Args) -> Goals {
+        if args.engines > LARGE_POOL {
+            Goals {
+                max_age_slack_s: LARGE_MAX_AGE_SLACK_S,
+                engines_p99_ms: LARGE_ENGINES_P99_MS,
+                peak_rss_mb: LARGE_PEAK_RSS_MB,
+            }
+        } else {
+            Goals {
+                max_age_slack_s: MAX_AGE_SLACK_S,
+                engines_p99_ms: ENGINES_P99_MS,
+                peak_rss_mb: PEAK_RSS_MB,
+            }
+        }
+    }
+}
 
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "bench",
     about = "Benchmark the orchestrator against many emulated engines, some of them hung",
     after_help = "Targets: max age of last_health_check <= interval + 1.2 s, GET /engines p99 <= 10 ms, \
-                  peak RSS <= 40 MiB, ingest >= 3000 events/s. Exit status 0 = the run completed \
+                  peak RSS <= 40 MiB, ingest >= 3000 events/s; above 1000 engines: max age <= interval \
+                  + 1.5 s, p99 <= 50 ms, peak RSS <= 128 MiB. Exit status 0 = the run completed \
                   (read the PASS/FAIL column), non-zero = the harness failed."
 )]
 struct Args {
@@ -142,12 +180,50 @@ struct Args {
     #[arg(long, default_value_t = 0.10)]
     rss_tolerance: f64,
 
+    /// Scale mode: the default phases once per pool size (comma-separated,
+    /// e.g. 100,500,1000,2500,5000), each with a fresh orchestrator and
+    /// emulators and --hung-share of it hung, then a table of how the costs
+    /// grow. --engines and --hung do not apply.
+    #[arg(long, value_delimiter = ',')]
+    scale: Option<Vec<usize>>,
+
+    /// Scale mode: share of each pool that hangs.
+    #[arg(long, default_value_t = 0.10)]
+    hung_share: f64,
+
+    /// Panel mode instead of the default phases: register --engines (--hung of
+    /// them hung), then measure one dashboard's event stream (bytes/s while
+    /// the pool is checked every --interval) and a dashboard polling
+    /// `?since=` every 2 s, for --panel-seconds.
+    #[arg(long)]
+    panel: bool,
+
+    /// Panel mode: seconds to measure after the snapshot.
+    #[arg(long, default_value_t = 30.0)]
+    panel_seconds: f64,
+
     /// Proxy mode instead of the default phases: the built-in stream proxy
     /// (`GET /ace/getstream`) with emulated engines serving real video: time to
     /// first byte, fan-out, crash and hang failovers, headroom, many sessions.
     /// --engines, --hung and the phase options do not apply.
     #[arg(long)]
     proxy: bool,
+
+    /// HLS mode instead of the default phases: viewers of one stream through
+    /// `GET /ace/manifest.m3u8`, each reloading its playlist and fetching
+    /// every new segment like a player; orchestrator CPU and memory. Takes
+    /// --proxy-bitrate, --proxy-size, --proxy-step-seconds (the measured
+    /// window) and --json.
+    #[arg(long)]
+    hls: bool,
+
+    /// HLS mode: viewers.
+    #[arg(long, default_value_t = 200)]
+    hls_viewers: usize,
+
+    /// HLS mode: HLS_SEGMENT_S of the orchestrator.
+    #[arg(long, default_value_t = 2.0)]
+    hls_segment_s: f64,
 
     /// Proxy mode: what to run, comma-separated, of ttfb, fanout, crash, hang,
     /// headroom, sessions.
@@ -297,8 +373,13 @@ fn parse_env(pairs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// Warns when the open-file limit looks too small for the fleet.
+/// Raises the open-file soft limit to the hard one (the children inherit it;
+/// the orchestrator and the emulator raise theirs too), then warns when it
+/// still looks too small for the fleet.
 fn check_fd_limit(engines: usize) {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("bench: warning: cannot raise the open-file limit: {e}");
+    }
     let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
         return;
     };
@@ -346,11 +427,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let extra_env = parse_env(&args.orch_env)?;
-    if args.proxy {
+    if args.hls {
+        check_fd_limit(args.hls_viewers);
+    } else if args.proxy {
         let viewers = args.proxy_viewers.iter().copied().max().unwrap_or(0);
         check_fd_limit(viewers.max(args.proxy_sessions));
     } else {
-        check_fd_limit(args.engines);
+        let largest = args.scale.iter().flatten().copied().max().unwrap_or(0);
+        check_fd_limit(args.engines.max(largest));
     }
 
     // 1. Binaries.
@@ -371,6 +455,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     procs::require_binary(&orch_bin, "the orchestrator binary")?;
     procs::require_binary(&sim_bin, "the engine emulator binary")?;
+    if args.hls {
+        if args.hls_viewers == 0 || !(1.0..=10.0).contains(&args.hls_segment_s) {
+            bail!("--hls-viewers must be 1 or more and --hls-segment-s between 1 and 10");
+        }
+        if !args.proxy_step_seconds.is_finite() || args.proxy_step_seconds <= 0.0 {
+            bail!("--proxy-step-seconds must be a number of seconds above 0");
+        }
+        return hls::run(hls::HlsBenchConfig {
+            viewers: args.hls_viewers,
+            seconds: Duration::from_secs_f64(args.proxy_step_seconds),
+            segment_s: args.hls_segment_s,
+            proxy: proxy::ProxyConfig {
+                orch_bin,
+                sim_bin,
+                viewer_steps: Vec::new(),
+                step: Duration::from_secs_f64(args.proxy_step_seconds),
+                bitrate: args.proxy_bitrate.clone(),
+                size: args.proxy_size.clone(),
+                engines: None,
+                joins: 0,
+                failovers: 0,
+                headroom_failovers: 0,
+                sessions: 0,
+                session_engines: 0,
+                parts: Default::default(),
+                extra_env,
+                json: args.json,
+            },
+        })
+        .await;
+    }
     if args.proxy {
         return run_proxy(args, extra_env, orch_bin, sim_bin).await;
     }
@@ -400,16 +515,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Some(sizes) = args.scale.clone() {
+        return run_scale(args, &sizes, extra_env, orch_bin, sim_bin).await;
+    }
+    let summary = run_one(&args, extra_env, &orch_bin, &sim_bin, run_started).await?;
+    if let Some(summary) = summary {
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&summary).context("cannot write the summary")?
+            );
+        } else {
+            report::print_table(&summary);
+        }
+    }
+    Ok(())
+}
 
+/// One run at `args.engines`: the default phases (answers their summary) or
+/// the load mode (prints its own summary and answers `None`).
+async fn run_one(
+    args: &Args,
+    extra_env: Vec<(String, String)>,
+    orch_bin: &Path,
+    sim_bin: &Path,
+    run_started: Instant,
+) -> anyhow::Result<Option<Summary>> {
     // 2. Engines.
     let healthy_count = args.engines - args.hung;
     eprintln!(
         "bench: starting {healthy_count} healthy and {} hung emulated engines",
         args.hung
     );
-    let healthy_sim = Sim::start(&sim_bin, healthy_count, "healthy").await?;
+    let healthy_sim = Sim::start(sim_bin, healthy_count, "healthy").await?;
     let hung_sim = if args.hung > 0 {
-        Some(Sim::start(&sim_bin, args.hung, "hang").await?)
+        Some(Sim::start(sim_bin, args.hung, "hang").await?)
     } else {
         None
     };
@@ -435,7 +575,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         collect_interval_s: args.collect_interval,
         extra_env,
     };
-    let mut orch = Orch::start(&orch_bin, dir.path(), &settings).await?;
+    let mut orch = Orch::start(orch_bin, dir.path(), &settings).await?;
     let orch_pid = orch.pid().context("the orchestrator has no pid")?;
     eprintln!(
         "bench: orchestrator pid {orch_pid} at {} (database in {})",
@@ -455,9 +595,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
 
     let result = match args.load_mode_seconds() {
+        _ if args.panel => {
+            match register_and_warm_up(args, &mut orch, &mut sampler, &expect).await {
+                Ok(_) => panel::measure(&orch.base, args.panel_seconds)
+                    .await
+                    .map(Parts::Panel),
+                Err(e) => Err(e),
+            }
+        }
         Some(seconds) => {
             measure_load(
-                &args,
+                args,
                 seconds,
                 &mut orch,
                 &mut sampler,
@@ -466,7 +614,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             )
             .await
         }
-        None => measure(&args, &mut orch, &mut sampler, &expect, &healthy_sim)
+        None => measure(args, &mut orch, &mut sampler, &expect, &healthy_sim)
             .await
             .map(|m| Parts::Default(Box::new(m))),
     };
@@ -494,6 +642,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let parts = match result? {
         Parts::Default(parts) => *parts,
+        Parts::Panel(result) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&result).context("cannot write the summary")?
+                );
+            } else {
+                panel::print(args.engines, args.hung, args.interval, &result);
+            }
+            return Ok(None);
+        }
         Parts::Load {
             register,
             warm_up,
@@ -527,26 +686,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 print_load_summary(&summary, load_phase.as_ref());
             }
-            return Ok(());
+            return Ok(None);
         }
     };
     let peak_rss_mb = kb_to_mb(peak.map(|p| p.hwm_kb).unwrap_or(max_sampled_rss_kb));
+    let goals = Goals::for_size(args);
     let targets = vec![
         Target::at_most(
             "max age of last_health_check",
-            args.interval + MAX_AGE_SLACK_S,
+            args.interval + goals.max_age_slack_s,
             parts.sweeps.max_age_s,
             "s",
         ),
         Target::at_most(
             "GET /engines p99 latency",
-            ENGINES_P99_MS,
+            goals.engines_p99_ms,
             parts.sweeps.latency.p99_ms,
             "ms",
         ),
         Target::at_most(
             "orchestrator peak RSS (VmHWM)",
-            PEAK_RSS_MB,
+            goals.peak_rss_mb,
             peak_rss_mb,
             "MiB",
         ),
@@ -583,15 +743,51 @@ async fn run(args: Args) -> anyhow::Result<()> {
         orchestrator_warning_samples: warnings.into_iter().take(5).collect(),
         all_pass: targets.iter().all(|t| t.pass),
         targets,
+        listings: parts.listings,
+        sweep_concurrency: parts.sweep_concurrency,
         total_seconds: run_started.elapsed().as_secs_f64(),
     };
+    Ok(Some(summary))
+}
+
+/// `--scale`: the default phases at each size, one after the other.
+async fn run_scale(
+    args: Args,
+    sizes: &[usize],
+    extra_env: Vec<(String, String)>,
+    orch_bin: PathBuf,
+    sim_bin: PathBuf,
+) -> anyhow::Result<()> {
+    if sizes.is_empty() || sizes.contains(&0) {
+        bail!("--scale must list pool sizes of 1 or more");
+    }
+    if !(0.0..1.0).contains(&args.hung_share) {
+        bail!("--hung-share must be at least 0 and below 1");
+    }
+    let mut runs = Vec::new();
+    for &engines in sizes {
+        let mut one = args.clone();
+        one.engines = engines;
+        one.hung = ((engines as f64 * args.hung_share).round() as usize).min(engines - 1);
+        one.scale = None;
+        eprintln!("bench: scale: {engines} engines ({} hung)", one.hung);
+        let started = Instant::now();
+        if let Some(summary) =
+            run_one(&one, extra_env.clone(), &orch_bin, &sim_bin, started).await?
+        {
+            if !args.json {
+                report::print_table(&summary);
+            }
+            runs.push(summary);
+        }
+    }
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&summary).context("cannot write the summary")?
+            serde_json::to_string_pretty(&runs).context("cannot write the summary")?
         );
     } else {
-        report::print_table(&summary);
+        report::print_scale(&runs);
     }
     Ok(())
 }
@@ -647,6 +843,7 @@ async fn run_proxy(
 
 enum Parts {
     Default(Box<Measured>),
+    Panel(panel::PanelResult),
     Load {
         register: Duration,
         warm_up: Duration,
@@ -774,6 +971,8 @@ struct Measured {
     register: Duration,
     warm_up: Duration,
     sweeps: phases::SweepResult,
+    listings: phases::ListingsResult,
+    sweep_concurrency: Option<u64>,
     ingest: phases::IngestResult,
     max_age_after_ingest: Option<f64>,
 }
@@ -800,6 +999,19 @@ async fn measure(
         &orch.base,
         expect,
         Duration::from_secs_f64(args.duration),
+        Duration::from_millis(args.poll_ms.max(1)),
+    )
+    .await?;
+    orch.check_alive()?;
+    let sweep_concurrency = phases::sweep_concurrency(&phases::client()?, &orch.base).await;
+
+    // The listings a large pool's clients use: gzip, and only the unhealthy.
+    eprintln!("bench: listings: GET /engines gzip-compressed and ?health=unhealthy, 20 of each");
+    sampler.phase("listings");
+    let listings = phases::listings(
+        &phases::client()?,
+        &orch.base,
+        20,
         Duration::from_millis(args.poll_ms.max(1)),
     )
     .await?;
@@ -840,6 +1052,8 @@ async fn measure(
         register,
         warm_up,
         sweeps,
+        listings,
+        sweep_concurrency,
         ingest,
         max_age_after_ingest,
     })

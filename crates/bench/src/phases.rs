@@ -589,3 +589,109 @@ pub fn started_event(port: u16, key: &str, session: &str, stream_id: &str) -> se
         "labels": { "stream_id": stream_id }
     })
 }
+
+/// `GET /engines` as a large pool's clients would ask for it: compressed,
+/// and narrowed to the unhealthy engines.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ListingsResult {
+    /// With `Accept-Encoding: gzip` (the body is not decompressed: the
+    /// latency is the orchestrator's, the size what crosses the wire).
+    pub gzip: LatencyStats,
+    pub gzip_body_kb: f64,
+    /// `?health=unhealthy`.
+    pub unhealthy: LatencyStats,
+    pub unhealthy_body_kb: f64,
+    /// Engines in the last `?health=unhealthy` answer.
+    pub unhealthy_engines: usize,
+    pub errors: usize,
+    pub first_errors: Vec<String>,
+}
+
+/// `count` of each listing, one every `every`, one at a time.
+pub async fn listings(
+    client: &reqwest::Client,
+    base: &str,
+    count: usize,
+    every: Duration,
+) -> anyhow::Result<ListingsResult> {
+    let mut r = ListingsResult::default();
+    let mut gzip = Vec::new();
+    let mut unhealthy = Vec::new();
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    for _ in 0..count {
+        for compressed in [true, false] {
+            ticker.tick().await;
+            let request = if compressed {
+                client
+                    .get(format!("{base}/engines"))
+                    .header(reqwest::header::ACCEPT_ENCODING, "gzip")
+            } else {
+                client.get(format!("{base}/engines?health=unhealthy"))
+            };
+            let started = Instant::now();
+            let answer = async {
+                let response = request.send().await?;
+                let status = response.status();
+                let encoding = response
+                    .headers()
+                    .get(reqwest::header::CONTENT_ENCODING)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let body = response.bytes().await?;
+                Ok::<_, reqwest::Error>((status, encoding, body))
+            }
+            .await;
+            let latency = started.elapsed();
+            let problem = match answer {
+                Err(e) => Some(format!("{e}")),
+                Ok((status, _, _)) if !status.is_success() => Some(format!("status {status}")),
+                Ok((_, encoding, body)) if compressed => {
+                    if encoding.as_deref() == Some("gzip") {
+                        gzip.push(latency);
+                        r.gzip_body_kb = body.len() as f64 / 1024.0;
+                        None
+                    } else {
+                        Some(format!("not compressed (Content-Encoding {encoding:?})"))
+                    }
+                }
+                Ok((_, _, body)) => match serde_json::from_slice::<Vec<EngineRow>>(&body) {
+                    Ok(rows) if rows.iter().all(|e| e.health_status == "unhealthy") => {
+                        unhealthy.push(latency);
+                        r.unhealthy_body_kb = body.len() as f64 / 1024.0;
+                        r.unhealthy_engines = rows.len();
+                        None
+                    }
+                    Ok(_) => Some("?health=unhealthy listed a healthy engine".into()),
+                    Err(e) => Some(format!("not a list of engines: {e}")),
+                },
+            };
+            if let Some(problem) = problem {
+                r.errors += 1;
+                if r.first_errors.len() < KEEP_ERRORS {
+                    r.first_errors.push(problem);
+                }
+            }
+        }
+    }
+    r.gzip = LatencyStats::from(gzip);
+    r.unhealthy = LatencyStats::from(unhealthy);
+    Ok(r)
+}
+
+/// `orch_health_sweep_concurrency` from `/metrics`: the probes the last
+/// sweep allowed in flight.
+pub async fn sweep_concurrency(client: &reqwest::Client, base: &str) -> Option<u64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find(|l| l.starts_with("orch_health_sweep_concurrency "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}

@@ -77,7 +77,7 @@ pub struct ProxyConfig {
 
 // ---------------------------------------------------------------- video
 
-fn make_video(
+pub(crate) fn make_video(
     out: &Path,
     seconds: u32,
     size: Option<&str>,
@@ -105,7 +105,7 @@ fn make_video(
 
 /// Bytes per second of a TS file, from the first and last PCR of its first
 /// PCR PID (as the emulator measures it).
-fn ts_byte_rate(path: &Path) -> anyhow::Result<f64> {
+pub(crate) fn ts_byte_rate(path: &Path) -> anyhow::Result<f64> {
     let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut pcr_pid = None;
     let mut first: Option<(usize, u64)> = None;
@@ -338,7 +338,7 @@ impl Drop for Crowd {
     }
 }
 
-fn content_path(n: usize) -> String {
+pub(crate) fn content_path(n: usize) -> String {
     format!("/ace/getstream?id={n:040x}")
 }
 
@@ -364,7 +364,7 @@ fn median(sorted: &[f64]) -> f64 {
 
 /// Emulated engines serving `ts_file` and an orchestrator that knows them,
 /// all healthy.
-struct Setup {
+pub(crate) struct Setup {
     sim: Sim,
     control: String,
     orch: Orch,
@@ -375,7 +375,7 @@ struct Setup {
 }
 
 impl Setup {
-    async fn start(
+    pub(crate) async fn start(
         cfg: &ProxyConfig,
         engines: usize,
         ts_file: &Path,
@@ -437,7 +437,7 @@ impl Setup {
 
     /// Stops everything; answers the phases, the orchestrator's VmHWM and its
     /// warnings.
-    async fn stop(self) -> (Vec<PhaseUsage>, f64, Vec<String>) {
+    pub(crate) async fn stop(self) -> (Vec<PhaseUsage>, f64, Vec<String>) {
         let hwm = self
             .sampler
             .orchestrator_now()
@@ -449,6 +449,41 @@ impl Setup {
         self.sim.stop().await;
         let _ = self.dir.close();
         (phases, hwm, warnings)
+    }
+
+    /// The orchestrator's base URL.
+    pub(crate) fn base(&self) -> String {
+        self.orch.base.clone()
+    }
+
+    /// Starts a measured phase.
+    pub(crate) fn sampler_phase(&mut self, name: &str) {
+        self.sampler.phase(name);
+    }
+
+    /// Ends it; answers its usage.
+    pub(crate) fn sampler_end_phase(&mut self) -> Option<PhaseUsage> {
+        self.sampler.end_phase();
+        self.sampler.last_phase().cloned()
+    }
+
+    /// HLS viewers the (only) started stream shows, and the engine streams open.
+    pub(crate) async fn hls_viewers_and_engine_streams(&self) -> anyhow::Result<(u64, u64)> {
+        let rows: Vec<serde_json::Value> = self
+            .http
+            .get(format!("{}/streams?status=started", self.orch.base))
+            .send()
+            .await
+            .context("GET /streams")?
+            .json()
+            .await
+            .context("GET /streams: body")?;
+        let hls = rows
+            .iter()
+            .map(|r| r["viewers_by_kind"]["hls"].as_u64().unwrap_or(0))
+            .sum();
+        let open = self.open_streams().await?.iter().sum();
+        Ok((hls, open))
     }
 
     async fn set_mode(&self, port: u16, mode: &str) -> anyhow::Result<()> {
@@ -693,7 +728,7 @@ pub struct ProxySummary {
     pub total_seconds: f64,
 }
 
-fn load_average() -> Option<String> {
+pub(crate) fn load_average() -> Option<String> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))

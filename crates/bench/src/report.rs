@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::phases::{IngestResult, SweepResult};
+use crate::phases::{IngestResult, ListingsResult, SweepResult};
 use crate::sampler::PhaseUsage;
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,6 +101,11 @@ pub struct Summary {
     pub orchestrator_warning_samples: Vec<String>,
     pub targets: Vec<Target>,
     pub all_pass: bool,
+    /// `GET /engines` gzip-compressed and `?health=unhealthy`.
+    pub listings: ListingsResult,
+    /// Probes the orchestrator's health sweep allowed in flight
+    /// (`orch_health_sweep_concurrency`).
+    pub sweep_concurrency: Option<u64>,
     pub total_seconds: f64,
 }
 
@@ -193,6 +198,24 @@ pub fn print_table(s: &Summary) {
     for e in &w.first_errors {
         println!("         error: {e}");
     }
+    let l = &s.listings;
+    println!(
+        "listings gzip: p50 {:.2} ms, p99 {:.2} ms, body {:.0} KiB; ?health=unhealthy: p50 {:.2} ms, p99 {:.2} ms, {} engines, body {:.0} KiB; {} errors",
+        l.gzip.p50_ms,
+        l.gzip.p99_ms,
+        l.gzip_body_kb,
+        l.unhealthy.p50_ms,
+        l.unhealthy.p99_ms,
+        l.unhealthy_engines,
+        l.unhealthy_body_kb,
+        l.errors
+    );
+    for e in &l.first_errors {
+        println!("         error: {e}");
+    }
+    if let Some(lanes) = s.sweep_concurrency {
+        println!("         health sweep concurrency (orch_health_sweep_concurrency): {lanes}");
+    }
     let i = &s.ingest;
     println!(
         "ingest   {:.1}s: {} stream_started + {} stream_ended ({} left open); {} ok, {} errors ({} without answer) -> {:.0} events/s",
@@ -270,5 +293,76 @@ pub fn print_table(s: &Summary) {
         } else {
             "SOME TARGETS FAIL"
         }
+    );
+}
+
+/// How the costs grow with the pool: one line per size of a `--scale` run.
+pub fn print_scale(runs: &[Summary]) {
+    let Some(first) = runs.first() else { return };
+    println!();
+    println!(
+        "=== scale: health interval {}s / timeout {}s, {} CPUs ({}) ===",
+        first.config.health_check_interval_s,
+        first.config.health_check_timeout_s,
+        first.machine.cpus,
+        first.machine.cpu_model
+    );
+    println!(
+        "{:>7} {:>5} {:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7}  targets",
+        "engines", "hung", "lanes", "maxage", "p50", "p99", "body", "gz p50", "gz KiB",
+        "unh p50", "ingest", "RSS", "CPU sw", "CPU in", "other"
+    );
+    println!(
+        "{:>7} {:>5} {:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7}",
+        "", "", "", "s", "ms", "ms", "KiB", "ms", "", "ms", "ev/s", "MiB", "%", "%", "%"
+    );
+    for s in runs {
+        let cpu = |phase: &str| {
+            s.phases
+                .iter()
+                .find(|p| p.phase == phase)
+                .map_or(0.0, |p| p.orchestrator_cpu_percent)
+        };
+        let other = s
+            .phases
+            .iter()
+            .filter(|p| p.seconds >= 1.0)
+            .map(|p| p.other_cpu_percent)
+            .fold(0.0, f64::max);
+        let failed: Vec<&str> = s
+            .targets
+            .iter()
+            .filter(|t| !t.pass)
+            .map(|t| t.name.as_str())
+            .collect();
+        println!(
+            "{:>7} {:>5} {:>5} {:>7.2} {:>7.2} {:>7.2} {:>7.0} {:>7.2} {:>7.0} {:>8.2} {:>7.0} {:>7.1} {:>7.1} {:>7.1} {:>7.0}  {}",
+            s.config.engines,
+            s.config.hung,
+            s.sweep_concurrency.map_or("?".into(), |c| c.to_string()),
+            s.sweeps.max_age_s,
+            s.sweeps.latency.p50_ms,
+            s.sweeps.latency.p99_ms,
+            s.sweeps.mean_body_kb,
+            s.listings.gzip.p50_ms,
+            s.listings.gzip_body_kb,
+            s.listings.unhealthy.p50_ms,
+            s.ingest.events_per_s,
+            s.peak_rss_mb,
+            cpu("sweeps"),
+            cpu("ingest"),
+            other,
+            if failed.is_empty() {
+                "all pass".to_owned()
+            } else {
+                format!("FAIL: {}", failed.join(", "))
+            }
+        );
+    }
+    println!(
+        "lanes = orch_health_sweep_concurrency; maxage = max age of last_health_check; p50/p99 = GET /engines; \
+         gz = the same with Accept-Encoding: gzip; unh = ?health=unhealthy; RSS = peak (VmHWM); \
+         CPU sw / in = orchestrator in the sweeps / ingest phase, % of one core; other = busiest \
+         phase's CPU used by other processes"
     );
 }

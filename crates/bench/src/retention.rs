@@ -159,7 +159,9 @@ fn stream_ops(
         status: StreamStatus::Started,
         end_reason: None,
         viewers: 0,
+        viewers_by_kind: Default::default(),
         failovers: Vec::new(),
+        play: None,
     };
     let mut ops = Vec::with_capacity(snapshots as usize + 2);
     ops.push(WriteOp::UpsertStream(Box::new(stream.clone())));

@@ -122,6 +122,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    // One listener per engine: thousands of engines need more than the usual
+    // soft limit of 1,024 open files. The hard limit is the ceiling.
+    if let Err(err) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(%err, "cannot raise the open-file limit");
+    }
     let conf = match std::env::var("CONF") {
         Ok(text) => parse_conf(&text)?,
         Err(_) => Conf::default(),

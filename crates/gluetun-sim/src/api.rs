@@ -83,6 +83,10 @@ pub struct Config {
     pub mode: Mode,
     pub api_key: Option<String>,
     pub public_ip: PublicIp,
+    /// What the tunnel was configured with (Gluetun's variables), if anything.
+    pub settings: Option<crate::tunnel::TunnelSettings>,
+    /// Whether the container was given `/dev/net/tun`.
+    pub tun_device: bool,
 }
 
 struct Tunnel {
@@ -97,6 +101,8 @@ pub struct Sim {
     hanging: AtomicUsize,
     api_key: Option<String>,
     public_ip: PublicIp,
+    settings: Option<crate::tunnel::TunnelSettings>,
+    tun_device: bool,
 }
 
 /// Counts a hung request for as long as it is held, even if the client gives up.
@@ -130,6 +136,8 @@ impl Sim {
             hanging: AtomicUsize::new(0),
             api_key: config.api_key.filter(|k| !k.is_empty()),
             public_ip: config.public_ip,
+            settings: config.settings,
+            tun_device: config.tun_device,
         })
     }
 
@@ -179,6 +187,8 @@ impl Sim {
             "mode": self.mode.borrow().as_str(),
             "hanging": self.hanging.load(Ordering::SeqCst),
             "api_key": self.api_key.is_some(),
+            "settings": self.settings,
+            "tun_device": self.tun_device,
         })
     }
 }

@@ -3,6 +3,7 @@
 //! doubles as its own Docker health check. See README.md.
 
 mod api;
+mod tunnel;
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
@@ -165,6 +166,16 @@ async fn main() -> anyhow::Result<()> {
         organization: non_empty(cli.organization),
         ..PublicIp::new(cli.public_ip)
     };
+    // Like Gluetun: settings that do not hold stop the program before the
+    // control server starts.
+    let settings = match tunnel::read(|name| std::env::var(name).ok()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("ERROR {error}");
+            std::process::exit(1);
+        }
+    };
     let auth = api_key.as_deref().is_some_and(|k| !k.is_empty());
     let sim = Sim::new(Config {
         running: cli.vpn_status == "running",
@@ -172,6 +183,8 @@ async fn main() -> anyhow::Result<()> {
         mode: cli.mode,
         api_key,
         public_ip,
+        settings,
+        tun_device: std::path::Path::new("/dev/net/tun").exists(),
     });
 
     let listener = TcpListener::bind(listen)

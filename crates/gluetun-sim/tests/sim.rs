@@ -591,6 +591,49 @@ async fn sigterm_exits_zero() {
     assert_eq!(status.code(), Some(0));
 }
 
+const WG_PRIVATE: &str = "wOEI9rqqbDwnN8/Bpp22sVz48T71vJ4fYmFWujulwUU=";
+const WG_PUBLIC: &str = "wAUaJMhAq3NFutLHIdF8AN0B5WG8RndfQKLPTEDHal0=";
+
+#[tokio::test]
+async fn a_custom_wireguard_tunnel_reports_its_peer_and_refuses_to_start_without_a_key() {
+    let env = [
+        ("VPN_SERVICE_PROVIDER", "custom"),
+        ("VPN_TYPE", "wireguard"),
+        ("WIREGUARD_PRIVATE_KEY", WG_PRIVATE),
+        ("WIREGUARD_PUBLIC_KEY", WG_PUBLIC),
+        ("WIREGUARD_ADDRESSES", "10.64.0.2/32"),
+        ("WIREGUARD_ENDPOINT_IP", "198.51.100.7"),
+        ("WIREGUARD_ENDPOINT_PORT", "51820"),
+    ];
+    let sim = start(&[], &env).await;
+    let state = sim.get_json("/sim/state").await;
+    assert_eq!(state["settings"]["provider"], "custom");
+    assert_eq!(state["settings"]["wireguard"]["public_key"], WG_PUBLIC);
+    assert_eq!(
+        state["settings"]["wireguard"]["endpoint"],
+        "198.51.100.7:51820"
+    );
+    assert!(!state.to_string().contains(WG_PRIVATE), "{state}");
+    assert_eq!(sim.get_json("/v1/vpn/status").await["status"], "running");
+
+    // Without its private key the real Gluetun logs why and exits 1.
+    let without: Vec<(&str, &str)> = env
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "WIREGUARD_PRIVATE_KEY")
+        .collect();
+    let out = timeout(
+        Duration::from_secs(10),
+        command(&["--listen", "127.0.0.1:0"], &without).output(),
+    )
+    .await
+    .expect("exits at once")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("private key is not set"), "{stderr}");
+}
+
 // ---- the image -----------------------------------------------------------------
 
 fn docker(args: &[&str]) -> std::process::Output {

@@ -13,13 +13,17 @@ use tracing::Instrument;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::config::RuntimeChoice;
+use crate::playlist::FetchPolicy;
 use crate::pool::reconciler::Reconciler;
 use crate::pool::Pool;
+use crate::proxy::hls::HlsConfig;
 use crate::proxy::hub::{Proxy, ProxySettings};
 use crate::proxy::SessionConfig;
 use crate::registry::Registry;
 use crate::retention::{self, CleanupSettings};
-use crate::runtime::DockerRuntime;
+use crate::runtime::swarm::SwarmPlacement;
+use crate::runtime::{ContainerRuntime, DockerRuntime, SwarmRuntime};
 use crate::service::{Orchestrator, Settings};
 use crate::store::Store;
 use crate::vpn::{Vpn, VpnSettings};
@@ -62,14 +66,19 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on {addr} (APP_HOST/APP_PORT)"))?;
         let orch = Arc::new(Orchestrator::new(registry, store, settings));
-        let runtime = Arc::new(DockerRuntime::from_env());
-        let runtime_for_vpn: Arc<dyn crate::runtime::ContainerRuntime> = runtime.clone();
+        let runtime = container_runtime(config).await;
+        let runtime_for_vpn = runtime.clone();
         let (pool, reconciler) = Pool::from_config(runtime, orch.clone(), config);
         let proxy = Proxy::new(orch.clone(), proxy_settings(config));
         let vpn = Vpn::new(vpn_settings(config), runtime_for_vpn, orch.clone());
         vpn.set_pool(&pool);
-        // Adopt what already runs before answering anyone; a daemon that is down
-        // now is retried by the reconciler.
+        pool.set_vpn(&vpn);
+        // Adopt what already runs before answering anyone (the nodes we
+        // created with their leases first, then the engines); a daemon that
+        // is down now is retried by the reconciler.
+        if let Err(error) = pool.adopt_nodes().await {
+            tracing::warn!(%error, "container runtime not reachable at start-up; the VPN nodes we created are not adopted");
+        }
         if let Err(error) = pool.resync().await {
             tracing::warn!(%error, "container runtime not reachable at start-up; engines we run will be adopted once it is");
         }
@@ -142,6 +151,7 @@ impl App {
             api_key: self.api_key,
             pool: Some(self.pool.clone()),
             shutdown: shutdown.clone(),
+            panel: Arc::new(api::panel::Feed::new(&self.orch)),
         });
         let router = api::read_bodies_first(router, self.header_timeout);
         let router = match api::cors(&self.cors_origins) {
@@ -177,6 +187,25 @@ impl App {
     }
 }
 
+/// The runtime `RUNTIME` names, on the Docker daemon of `DOCKER_HOST`.
+async fn container_runtime(config: &Config) -> Arc<dyn ContainerRuntime> {
+    let docker = DockerRuntime::from_env();
+    match config.runtime {
+        RuntimeChoice::Docker => Arc::new(docker),
+        RuntimeChoice::Swarm => {
+            let placement = SwarmPlacement::parse(&config.engine_placement);
+            tracing::info!(network = ?config.swarm_network, constraints = ?placement.constraints, spread = ?placement.spread, "engines run as Docker Swarm services");
+            let swarm = SwarmRuntime::new(docker, placement);
+            // Say now, not at the first failed provision, when the socket is
+            // not a manager's.
+            if let Err(error) = swarm.ping().await {
+                tracing::warn!(%error, "RUNTIME=swarm: the Docker daemon cannot manage services yet");
+            }
+            Arc::new(swarm)
+        }
+    }
+}
+
 /// The built-in proxy's settings.
 pub fn proxy_settings(config: &Config) -> ProxySettings {
     ProxySettings {
@@ -192,6 +221,25 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
         max_sessions: config.proxy_max_sessions as usize,
         max_streams_per_engine: config.max_streams_per_engine,
         engine_timeout: config.health_timeout().max(Duration::from_secs(10)),
+        hls: HlsConfig {
+            target: Duration::from_secs_f64(config.hls_segment_s),
+            window: config.hls_window_size as usize,
+            // A player fetches about once a segment; four missed ones and it is gone.
+            viewer_timeout: Duration::from_secs_f64(config.hls_segment_s * 4.0),
+            // After the start (bounded by PROXY_FAILOVER_TIMEOUT_S): a
+            // segment needs two keyframes, so a few targets and some slack.
+            first_segment_wait: Duration::from_secs_f64(config.hls_segment_s * 3.0 + 5.0),
+        },
+        public_url: config.public_url.clone(),
+        playlists: FetchPolicy {
+            allowed_hosts: config
+                .playlist_allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            timeout: Duration::from_secs_f64(config.playlist_fetch_timeout_s),
+        },
     }
 }
 
@@ -199,6 +247,7 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
 pub fn vpn_settings(config: &Config) -> VpnSettings {
     VpnSettings {
         nodes: config.vpn_nodes(),
+        on_demand: config.vpn_configs_dir.is_some(),
         api_key: config.gluetun_api_key.clone(),
         control_port: config.gluetun_control_port,
         interval: Duration::from_secs_f64(config.vpn_check_interval_s),

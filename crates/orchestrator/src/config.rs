@@ -79,6 +79,60 @@ fn parse_non_negative_seconds(text: &str) -> Result<f64, String> {
     Ok(value)
 }
 
+/// `RUNTIME`: where engines run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    Docker,
+    Swarm,
+}
+
+fn parse_runtime(text: &str) -> Result<RuntimeChoice, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "docker" => Ok(RuntimeChoice::Docker),
+        "swarm" => Ok(RuntimeChoice::Swarm),
+        other => Err(format!("'{other}' is not a runtime: docker or swarm")),
+    }
+}
+
+/// `512m`, `1g`, `256k` or bytes, as `docker run --memory` takes them; at
+/// least 6 MiB (Docker's own minimum).
+fn parse_memory(text: &str) -> Result<i64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let lower = lower.strip_suffix('b').unwrap_or(&lower);
+    let (digits, unit) = match lower.char_indices().last() {
+        Some((at, c @ ('k' | 'm' | 'g'))) => (&lower[..at], c),
+        _ => (lower, ' '),
+    };
+    let scale: i64 = match unit {
+        'k' => 1 << 10,
+        'm' => 1 << 20,
+        'g' => 1 << 30,
+        _ => 1,
+    };
+    let value: i64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a memory size like 512m or 1g"))?;
+    let bytes = value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("'{text}' is too large"))?;
+    if bytes < 6 << 20 {
+        return Err(format!("'{text}' is below Docker's minimum of 6m"));
+    }
+    Ok(bytes)
+}
+
+fn parse_cpus(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of CPU cores like 1.5"))?;
+    if !value.is_finite() || value < 0.01 {
+        return Err(format!("'{text}' must be at least 0.01 cores"));
+    }
+    Ok(value)
+}
+
 /// Every setting, each with its environment variable. `--help` lists them all
 /// with their defaults. The value names are the variable names so that a parse
 /// error names the variable an operator would edit.
@@ -294,6 +348,40 @@ pub struct Config {
     )]
     pub stream_token: Option<String>,
 
+    /// HLS output: segment duration aimed at, in seconds (segments are cut
+    /// at keyframes, so they last this or up to a keyframe interval more).
+    #[arg(long, env = "HLS_SEGMENT_S", value_name = "HLS_SEGMENT_S", default_value = "2", value_parser = parse_seconds)]
+    pub hls_segment_s: f64,
+
+    /// HLS output: segments in the live playlist (and in memory, per stream).
+    #[arg(
+        long,
+        env = "HLS_WINDOW_SIZE",
+        value_name = "HLS_WINDOW_SIZE",
+        default_value_t = 6
+    )]
+    pub hls_window_size: u32,
+
+    /// The orchestrator's address as players reach it (`https://tv.example.com`),
+    /// for the URLs of rewritten playlists; unset = the request's Host header.
+    #[arg(long, env = "PUBLIC_URL", value_name = "PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Hosts `GET /playlist?url=` may fetch from, comma-separated: exact
+    /// names or addresses (which may be private), `*.example.com`, or `*`
+    /// (any public address). Unset = no remote playlist is fetched.
+    #[arg(
+        long,
+        env = "PLAYLIST_ALLOWED_HOSTS",
+        value_name = "PLAYLIST_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub playlist_allowed_hosts: Vec<String>,
+
+    /// Seconds `GET /playlist?url=` may take to fetch the remote playlist.
+    #[arg(long, env = "PLAYLIST_FETCH_TIMEOUT_S", value_name = "PLAYLIST_FETCH_TIMEOUT_S", default_value = "10", value_parser = parse_seconds)]
+    pub playlist_fetch_timeout_s: f64,
+
     /// The Gluetun container engines run behind (one node, as the Python
     /// orchestrator read it).
     #[arg(
@@ -357,6 +445,49 @@ pub struct Config {
     #[arg(long, env = "VPN_CHECK_INTERVAL_S", value_name = "VPN_CHECK_INTERVAL_S", default_value = "5", value_parser = parse_seconds)]
     pub vpn_check_interval_s: f64,
 
+    /// A directory of WireGuard `.conf` files, one credential each: the
+    /// orchestrator creates Gluetun nodes with them as engines need them.
+    #[arg(long, env = "VPN_CONFIGS_DIR", value_name = "VPN_CONFIGS_DIR")]
+    pub vpn_configs_dir: Option<PathBuf>,
+
+    /// The image of the Gluetun nodes the orchestrator creates.
+    #[arg(
+        long,
+        env = "GLUETUN_IMAGE",
+        value_name = "GLUETUN_IMAGE",
+        default_value = "qmcgaw/gluetun"
+    )]
+    pub gluetun_image: String,
+
+    /// The TUN device given to the Gluetun nodes the orchestrator creates
+    /// (host path, mapped to the same path); empty: none.
+    #[arg(
+        long,
+        env = "GLUETUN_TUN_DEVICE",
+        value_name = "GLUETUN_TUN_DEVICE",
+        default_value = "/dev/net/tun"
+    )]
+    pub gluetun_tun_device: String,
+
+    /// Seconds a node the orchestrator created may stay down before it is
+    /// replaced by one on another credential.
+    #[arg(long, env = "VPN_UNHEALTHY_GRACE_PERIOD_S", value_name = "VPN_UNHEALTHY_GRACE_PERIOD_S", default_value = "120", value_parser = parse_non_negative_seconds)]
+    pub vpn_unhealthy_grace_period_s: f64,
+
+    /// Seconds a credential whose node failed (down past the grace period,
+    /// or never healthy) is not leased again.
+    #[arg(long, env = "VPN_CREDENTIAL_COOLDOWN_S", value_name = "VPN_CREDENTIAL_COOLDOWN_S", default_value = "600", value_parser = parse_non_negative_seconds)]
+    pub vpn_credential_cooldown_s: f64,
+
+    /// Seconds a node the orchestrator created lives without engines before
+    /// it is removed and its credential freed.
+    #[arg(long, env = "VPN_IDLE_GRACE_PERIOD_S", value_name = "VPN_IDLE_GRACE_PERIOD_S", default_value = "60", value_parser = parse_non_negative_seconds)]
+    pub vpn_idle_grace_period_s: f64,
+
+    /// Seconds a new node has to report its tunnel running.
+    #[arg(long, env = "VPN_STARTUP_TIMEOUT_S", value_name = "VPN_STARTUP_TIMEOUT_S", default_value = "60", value_parser = parse_seconds)]
+    pub vpn_startup_timeout_s: f64,
+
     /// Engine image.
     #[arg(
         long,
@@ -373,6 +504,38 @@ pub struct Config {
     /// Docker network for engine containers.
     #[arg(long, env = "DOCKER_NETWORK", value_name = "DOCKER_NETWORK")]
     pub docker_network: Option<String>,
+
+    /// Where engines run: `docker` (containers on this Docker host) or
+    /// `swarm` (one Docker Swarm service per engine, on any node; needs
+    /// SWARM_NETWORK and a manager node's Docker socket).
+    #[arg(long, env = "RUNTIME", value_name = "RUNTIME", default_value = "docker", value_parser = parse_runtime)]
+    pub runtime: RuntimeChoice,
+
+    /// RUNTIME=swarm: the attachable overlay network the engines join; the
+    /// orchestrator, attached to it too, reaches each engine by its service
+    /// name.
+    #[arg(long, env = "SWARM_NETWORK", value_name = "SWARM_NETWORK")]
+    pub swarm_network: Option<String>,
+
+    /// RUNTIME=swarm: placement constraints for engines, comma-separated
+    /// (`node.labels.acestream==true,node.role==worker`). Engines are spread
+    /// over the nodes that qualify (a `spread=node.labels.zone` item spreads
+    /// over that label instead of node.id).
+    #[arg(
+        long,
+        env = "ENGINE_PLACEMENT",
+        value_name = "ENGINE_PLACEMENT",
+        value_delimiter = ','
+    )]
+    pub engine_placement: Vec<String>,
+
+    /// Memory limit of every engine (`512m`, `1g`, or bytes); none when unset.
+    #[arg(long, env = "ENGINE_MEMORY_LIMIT", value_name = "ENGINE_MEMORY_LIMIT", value_parser = parse_memory)]
+    pub engine_memory_limit: Option<i64>,
+
+    /// CPU limit of every engine, in cores (`1.5`); none when unset.
+    #[arg(long, env = "ENGINE_CPU_LIMIT", value_name = "ENGINE_CPU_LIMIT", value_parser = parse_cpus)]
+    pub engine_cpu_limit: Option<f64>,
 
     /// Engines kept free (without a stream).
     #[arg(
@@ -469,6 +632,7 @@ impl fmt::Debug for Config {
                 &self.gluetun_api_key.as_ref().map(|_| "<redacted>"),
             )
             .field("vpn_nodes", &self.vpn_nodes())
+            .field("vpn_configs_dir", &self.vpn_configs_dir)
             .field("db_url", &self.db_url)
             .field("health_check_interval_s", &self.health_check_interval_s)
             .field("health_check_timeout_s", &self.health_check_timeout_s)
@@ -518,6 +682,43 @@ impl Config {
         if self.proxy_buffer_mb == 0 || self.proxy_buffer_mb > 1024 {
             return Err(invalid("PROXY_BUFFER_MB", "must be between 1 and 1024"));
         }
+        if !(1.0..=10.0).contains(&self.hls_segment_s) {
+            return Err(invalid("HLS_SEGMENT_S", "must be between 1 and 10 seconds"));
+        }
+        if !(2..=100).contains(&self.hls_window_size) {
+            return Err(invalid("HLS_WINDOW_SIZE", "must be between 2 and 100"));
+        }
+        if let Some(url) = &self.public_url {
+            let ok = reqwest::Url::parse(url).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+            });
+            if !ok {
+                return Err(invalid(
+                    "PUBLIC_URL",
+                    "must be an http(s) URL without query, like https://tv.example.com",
+                ));
+            }
+        }
+        for host in &self.playlist_allowed_hosts {
+            let host = host.trim();
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            if host.is_empty()
+                || (host != "*"
+                    && (name.is_empty()
+                        || !name.bytes().all(|b| {
+                            b.is_ascii_alphanumeric()
+                                || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                        })))
+            {
+                return Err(invalid(
+                    "PLAYLIST_ALLOWED_HOSTS",
+                    format!("'{host}' is not a host name, an address, *.domain or *"),
+                ));
+            }
+        }
         if self.max_viewers_per_stream == 0 {
             return Err(invalid("MAX_VIEWERS_PER_STREAM", "must be 1 or more"));
         }
@@ -559,6 +760,53 @@ impl Config {
                     format!("'{origin}' is not an origin like https://panel.example.org"),
                 ));
             }
+        }
+        if let Some(dir) = &self.vpn_configs_dir {
+            if !dir.is_dir() {
+                return Err(invalid(
+                    "VPN_CONFIGS_DIR",
+                    format!("'{}' is not a directory", dir.display()),
+                ));
+            }
+            // The nodes' control servers are published on the host: never
+            // without a key.
+            let has_key =
+                matches!(self.gluetun_api_key.as_deref(), Some(k) if !k.trim().is_empty());
+            if !has_key {
+                return Err(invalid(
+                    "GLUETUN_API_KEY",
+                    "is needed with VPN_CONFIGS_DIR: the control servers of the nodes the orchestrator creates are protected with it",
+                ));
+            }
+            if self.max_engines_per_vpn == 0 {
+                return Err(invalid("MAX_ENGINES_PER_VPN", "must be 1 or more"));
+            }
+        }
+        if self.runtime == RuntimeChoice::Swarm {
+            if self
+                .swarm_network
+                .as_deref()
+                .is_none_or(|n| n.trim().is_empty())
+            {
+                return Err(invalid(
+                    "SWARM_NETWORK",
+                    "RUNTIME=swarm needs the overlay network the engines and the orchestrator share",
+                ));
+            }
+            if !self.vpn_nodes().is_empty() || self.vpn_configs_dir.is_some() {
+                return Err(invalid(
+                    "RUNTIME",
+                    "swarm cannot run engines behind Gluetun containers (GLUETUN_CONTAINER_NAME/GLUETUN_CONTAINERS/VPN_CONFIGS_DIR): a service cannot join another container's network namespace",
+                ));
+            }
+        }
+        if let Some(bad) = self.engine_placement.iter().map(|c| c.trim()).find(|c| {
+            !c.is_empty() && !c.starts_with("spread=") && !c.contains("==") && !c.contains("!=")
+        }) {
+            return Err(invalid(
+                "ENGINE_PLACEMENT",
+                format!("'{bad}' is not a constraint like node.labels.acestream==true"),
+            ));
         }
         self.db_path()?;
         Ok(())
@@ -697,6 +945,23 @@ mod tests {
             ),
             (&["--db-url", "postgres://x"], "DB_URL"),
             (&["--auto-delete", "maybe"], "AUTO_DELETE"),
+            (&["--runtime", "kubernetes"], "RUNTIME"),
+            (&["--runtime", "swarm"], "SWARM_NETWORK"),
+            (
+                &[
+                    "--runtime",
+                    "swarm",
+                    "--swarm-network",
+                    "n",
+                    "--gluetun-container-name",
+                    "g",
+                ],
+                "RUNTIME",
+            ),
+            (&["--engine-placement", "node.labels.x"], "ENGINE_PLACEMENT"),
+            (&["--engine-memory-limit", "lots"], "ENGINE_MEMORY_LIMIT"),
+            (&["--engine-memory-limit", "1k"], "ENGINE_MEMORY_LIMIT"),
+            (&["--engine-cpu-limit", "0"], "ENGINE_CPU_LIMIT"),
             (
                 &["--cors-allow-origins", "not an origin"],
                 "CORS_ALLOW_ORIGINS",
@@ -706,6 +971,32 @@ mod tests {
             let err = parse(args).expect_err(&format!("{args:?} should be refused"));
             assert!(err.contains(var), "{args:?}: '{err}' does not name {var}");
         }
+    }
+
+    #[test]
+    fn swarm_settings() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.runtime, RuntimeChoice::Docker);
+        let c = parse(&[
+            "--runtime",
+            "Swarm",
+            "--swarm-network",
+            "acestream",
+            "--engine-placement",
+            "node.labels.acestream==true, node.role!=manager,spread=node.labels.zone",
+            "--engine-memory-limit",
+            "512m",
+            "--engine-cpu-limit",
+            "1.5",
+        ])
+        .unwrap();
+        assert_eq!(c.runtime, RuntimeChoice::Swarm);
+        assert_eq!(c.engine_placement.len(), 3);
+        assert_eq!(c.engine_memory_limit, Some(512 << 20));
+        assert_eq!(c.engine_cpu_limit, Some(1.5));
+        assert_eq!(parse_memory("1G"), Ok(1 << 30));
+        assert_eq!(parse_memory("10485760"), Ok(10 << 20));
+        assert_eq!(parse_memory("64mb"), Ok(64 << 20));
     }
 
     #[test]
@@ -726,5 +1017,27 @@ mod tests {
     fn debug_never_shows_the_key() {
         let c = parse(&["--api-key", "s3cret"]).unwrap();
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn on_demand_vpn_nodes_need_a_directory_and_a_control_server_key() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.gluetun_image, "qmcgaw/gluetun");
+        assert_eq!(c.gluetun_tun_device, "/dev/net/tun");
+        assert_eq!(c.vpn_unhealthy_grace_period_s, 120.0);
+        assert_eq!(c.vpn_credential_cooldown_s, 600.0);
+        assert!(c.vpn_configs_dir.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap();
+        let e = parse(&["--vpn-configs-dir", path]).unwrap_err();
+        assert!(
+            e.starts_with("GLUETUN_API_KEY: is needed with VPN_CONFIGS_DIR"),
+            "{e}"
+        );
+        parse(&["--vpn-configs-dir", path, "--gluetun-api-key", "k"]).unwrap();
+        let missing = format!("{path}/nope");
+        let e = parse(&["--vpn-configs-dir", &missing, "--gluetun-api-key", "k"]).unwrap_err();
+        assert!(e.starts_with("VPN_CONFIGS_DIR: "), "{e}");
+        assert!(e.contains("is not a directory"), "{e}");
     }
 }

@@ -210,8 +210,64 @@ pub struct Stream {
     /// Players reading it through the built-in proxy now (0 for streams of
     /// other proxies, and for ended streams). Not persisted.
     pub viewers: u32,
+    /// `viewers` by kind: MPEG-TS connections and HLS viewers (tokens that
+    /// fetched within the last few segment durations). Not persisted.
+    pub viewers_by_kind: ViewersByKind,
     /// Moves of the stream to another engine by the built-in proxy, oldest first.
     pub failovers: Vec<FailoverRecord>,
+    /// Where players open this content through the built-in proxy (paths on
+    /// this orchestrator, without `STREAM_TOKEN`); null for a `url` key.
+    #[schema(required = true)]
+    pub play: Option<PlayPaths>,
+}
+
+/// Players of a proxied stream by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ViewersByKind {
+    /// `/ace/getstream` connections.
+    pub ts: u32,
+    /// `/ace/manifest.m3u8` viewers.
+    pub hls: u32,
+}
+
+/// The built-in proxy's paths for one content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct PlayPaths {
+    /// MPEG-TS: `/ace/getstream?id=…`.
+    #[schema(example = "/ace/getstream?id=0123456789abcdef0123456789abcdef01234567")]
+    pub ts: String,
+    /// HLS: `/ace/manifest.m3u8?id=…`.
+    #[schema(example = "/ace/manifest.m3u8?id=0123456789abcdef0123456789abcdef01234567")]
+    pub hls: String,
+}
+
+impl PlayPaths {
+    /// The paths for a content, `None` for a `url` key (the proxy refuses those).
+    pub fn for_key(key_type: KeyType, key: &str) -> Option<PlayPaths> {
+        let query = match key_type {
+            KeyType::ContentId => format!("id={}", percent_encode(key)),
+            KeyType::Infohash => format!("infohash={}", percent_encode(key)),
+            KeyType::Magnet => format!("magnet={}", percent_encode(key)),
+            KeyType::Url => return None,
+        };
+        Some(PlayPaths {
+            ts: format!("/ace/getstream?{query}"),
+            hls: format!("/ace/manifest.m3u8?{query}"),
+        })
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+pub fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// One failover of a proxied stream: from which engine to which, why, and

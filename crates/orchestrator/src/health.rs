@@ -5,6 +5,11 @@
 //! reveals it. Probes therefore run concurrently (bounded), each with its own
 //! timeout, and never under the registry lock: one hung engine costs its own
 //! timeout and nothing else.
+//!
+//! How many probes run at once follows the pool ([`sweep_concurrency`]): a
+//! hung engine holds its lane for the whole timeout, so a fixed number of
+//! lanes that covers the hung tenth of 1,000 engines would stretch a sweep of
+//! 5,000 over several timeouts and past the interval.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,15 +42,71 @@ pub struct SweepReport {
     pub unhealthy: usize,
     pub unknown: usize,
     pub duration_ms: f64,
+    /// Probes that were allowed in flight at once (grows with the pool).
+    pub concurrency: usize,
     /// One per engine checked, sorted by `container_id`.
     pub results: Vec<CheckResult>,
 }
 
-/// Checks every engine, at most `health_concurrency` at once.
+/// Share of the pool a sweep plans to find hung. Not the engines found
+/// unhealthy last time: on a starved machine healthy engines miss the
+/// timeout too, and more lanes for them meant more sockets at once, more
+/// misses and more lanes again (measured: 128 lanes grew to 2,700 within a
+/// minute on a saturated 2-core machine, every sweep slower than the last).
+pub const PLANNED_HUNG_SHARE: f64 = 0.10;
+
+/// Lanes kept for engines that answer, beside those planned for hung ones.
+pub const ANSWERING_LANES: usize = 32;
+
+/// What the number of probes in flight during a sweep depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepPlan {
+    /// Engines in the pool.
+    pub engines: usize,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// `HEALTH_CHECK_CONCURRENCY`: never fewer lanes than this.
+    pub floor: usize,
+}
+
+/// Probes in flight at once during a sweep, so that hung engines never
+/// stretch it past the interval:
+///
+/// ```text
+/// hung   = ceil(engines × 10 %)                      engines that will hold a lane for `timeout`
+/// waves  = max(1, floor(interval / timeout) − 1)     timeouts back to back that fit in a sweep,
+///                                                    one timeout left for the engines that answer
+/// lanes  = max(floor, ceil(hung / waves) + 32)       32 lanes stay free for the engines that answer
+/// ```
+///
+/// With a 2 s interval and a 1 s timeout (one wave) 5,000 engines get 532
+/// lanes, 1,000 get 132 and 100 get the floor (128); with the defaults (30 s,
+/// 5 s: five waves) 5,000 engines get 132. Each lane in use holds one socket,
+/// so the orchestrator's open-file limit must exceed the lanes plus its
+/// clients' connections (it raises its soft limit to the hard one at start).
+pub fn sweep_concurrency(plan: SweepPlan) -> usize {
+    let hung = (plan.engines as f64 * PLANNED_HUNG_SHARE).ceil() as usize;
+    let timeout = plan.timeout.as_secs_f64().max(f64::EPSILON);
+    let fits = (plan.interval.as_secs_f64() / timeout).floor() as usize;
+    let waves = fits.saturating_sub(1).max(1);
+    plan.floor
+        .max(hung.div_ceil(waves) + ANSWERING_LANES)
+        .max(1)
+}
+
+/// Checks every engine, with [`sweep_concurrency`] probes at once.
 pub async fn sweep(orch: &Orchestrator, source: CheckSource) -> SweepReport {
     let started = Instant::now();
     let targets = orch.read(|r| r.all_engine_ids());
-    let concurrency = orch.settings.health_concurrency;
+    let concurrency = sweep_concurrency(SweepPlan {
+        engines: targets.len(),
+        interval: orch.settings.health_interval,
+        timeout: orch.settings.health_timeout,
+        floor: orch.settings.health_concurrency,
+    });
+    orch.metrics
+        .health_sweep_concurrency
+        .set(concurrency as i64);
     let mut results: Vec<CheckResult> = stream::iter(targets)
         .map(|id| async move {
             orch.check_engine(&id, source)
@@ -75,6 +136,7 @@ pub async fn sweep(orch: &Orchestrator, source: CheckSource) -> SweepReport {
         unhealthy: count(HealthStatus::Unhealthy),
         unknown: count(HealthStatus::Unknown),
         duration_ms: duration.as_secs_f64() * 1000.0,
+        concurrency,
         results,
     }
 }
@@ -125,5 +187,46 @@ fn format_seconds(d: Duration) -> String {
         format!("{}", s as u64)
     } else {
         format!("{s}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(engines: usize, interval_s: u64, timeout_s: u64) -> SweepPlan {
+        SweepPlan {
+            engines,
+            interval: Duration::from_secs(interval_s),
+            timeout: Duration::from_secs(timeout_s),
+            floor: 128,
+        }
+    }
+
+    #[test]
+    fn concurrency_grows_with_the_pool_and_covers_a_hung_tenth_in_one_wave() {
+        assert_eq!(sweep_concurrency(plan(100, 2, 1)), 128);
+        assert_eq!(sweep_concurrency(plan(1_000, 2, 1)), 132);
+        assert_eq!(sweep_concurrency(plan(2_500, 2, 1)), 282);
+        assert_eq!(sweep_concurrency(plan(5_000, 2, 1)), 532);
+    }
+
+    #[test]
+    fn a_longer_interval_spreads_the_hung_over_waves() {
+        // 30 s / 5 s: five timeouts back to back still end a timeout early.
+        assert_eq!(sweep_concurrency(plan(5_000, 30, 5)), 132);
+        assert_eq!(sweep_concurrency(plan(1_000, 30, 5)), 128);
+        assert_eq!(sweep_concurrency(plan(20_000, 30, 5)), 432);
+        // A timeout as long as the interval: one wave, whatever.
+        assert_eq!(sweep_concurrency(plan(5_000, 1, 1)), 532);
+        assert_eq!(sweep_concurrency(plan(5_000, 1, 3)), 532);
+    }
+
+    #[test]
+    fn the_floor_is_a_floor() {
+        let mut p = plan(5_000, 2, 1);
+        p.floor = 4_000;
+        assert_eq!(sweep_concurrency(p), 4_000);
+        assert_eq!(sweep_concurrency(plan(0, 2, 1)), 128);
     }
 }

@@ -12,6 +12,7 @@ pub mod engine_client;
 pub mod health;
 pub mod metrics;
 pub mod persist;
+pub mod playlist;
 pub mod pool;
 pub mod ports;
 pub mod proxy;

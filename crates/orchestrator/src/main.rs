@@ -7,6 +7,17 @@ use orchestrator::config::Config;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// Raises the soft limit of open files to the hard one. Every probe and
+/// stat poll in flight holds a socket, and a health sweep of a large pool
+/// runs hundreds at once (see `health::sweep_concurrency`); a service
+/// manager's default soft limit of 1,024 would turn the rest into errors.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 /// Exit code for a configuration error (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
@@ -44,6 +55,7 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     tracing::debug!(?config, "configuration");
+    raise_open_file_limit();
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

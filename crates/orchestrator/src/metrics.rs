@@ -65,6 +65,7 @@ pub struct Metrics {
     pub probe_duration: Histogram,
     pub health_sweep_duration: Histogram,
     pub health_sweep_errors: Counter,
+    pub health_sweep_concurrency: Gauge,
     pub selections: Family<ResultLabel, Counter>,
     pub replacements: Counter,
     pub replacement_suspended: Gauge,
@@ -105,6 +106,7 @@ impl Metrics {
             probe_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             health_sweep_duration: Histogram::new(exponential_buckets(0.01, 2.0, 12)),
             health_sweep_errors: Counter::default(),
+            health_sweep_concurrency: Gauge::default(),
             selections: Family::default(),
             replacements: Counter::default(),
             replacement_suspended: Gauge::default(),
@@ -177,6 +179,11 @@ impl Metrics {
             "orch_health_sweep_duration_seconds",
             "Duration of a full health sweep over all engines",
             m.health_sweep_duration.clone(),
+        );
+        registry.register(
+            "orch_health_sweep_concurrency",
+            "Probes allowed in flight at once in the last health sweep (follows the pool's size)",
+            m.health_sweep_concurrency.clone(),
         );
         registry.register(
             "orch_health_sweep_errors",

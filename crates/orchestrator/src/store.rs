@@ -1054,10 +1054,13 @@ fn load(
     let rows = stmt.query_map([ended_streams_max as i64], |r| {
         let key_type: String = r.get(1)?;
         let status: String = r.get(10)?;
+        let key_type = KeyType::parse(&key_type).unwrap_or(KeyType::ContentId);
+        let key: String = r.get(2)?;
         Ok(Stream {
             id: r.get(0)?,
-            key_type: KeyType::parse(&key_type).unwrap_or(KeyType::ContentId),
-            key: r.get(2)?,
+            play: crate::domain::PlayPaths::for_key(key_type, &key),
+            key_type,
+            key,
             container_id: r.get(3)?,
             playback_session_id: r.get(4)?,
             stat_url: r.get(5)?,
@@ -1068,6 +1071,7 @@ fn load(
             status: StreamStatus::parse(&status).unwrap_or(StreamStatus::Ended),
             end_reason: r.get(11)?,
             viewers: 0,
+            viewers_by_kind: Default::default(),
             failovers: serde_json::from_str(&r.get::<_, String>(12)?).unwrap_or_default(),
         })
     })?;
@@ -1206,7 +1210,9 @@ mod tests {
             status: StreamStatus::Started,
             end_reason: None,
             viewers: 0,
+            viewers_by_kind: Default::default(),
             failovers: Vec::new(),
+            play: None,
         })));
         store.submit(ops).committed().await.unwrap();
         store.trim(RETENTION);
@@ -1239,7 +1245,9 @@ mod tests {
             },
             end_reason: None,
             viewers: 0,
+            viewers_by_kind: Default::default(),
             failovers: Vec::new(),
+            play: None,
         }
     }
 

@@ -125,10 +125,12 @@ async fn in_process(peer: SocketAddr) -> axum::Router {
         std::sync::Arc::new(orchestrator::runtime::memory::MemoryRuntime::new()),
         orch.clone(),
     );
+    let panel = Arc::new(orchestrator::api::panel::Feed::new(&orch));
     router(AppState {
         proxy,
         vpn,
         stream_token: None,
+        panel,
         orch,
         api_key: None,
         pool: None,

@@ -123,6 +123,7 @@ impl Scope {
                 host_port,
             }],
             network: None,
+            ..Default::default()
         }
     }
 
@@ -444,6 +445,7 @@ async fn an_absent_daemon_is_unreachable() {
         labels: BTreeMap::new(),
         ports: vec![],
         network: None,
+        ..Default::default()
     };
     assert!(matches!(
         rt.create_and_start(spec).await,

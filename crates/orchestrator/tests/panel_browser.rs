@@ -91,30 +91,44 @@ impl Browser {
         )
         .unwrap_or_else(|| panic!("chromium not found; {INSTALL}"));
 
-        let mut driver = Command::new(&driver_path)
-            .arg("--port=0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", driver_path.display()));
-        // "ChromeDriver was started successfully on port 37747."
-        let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
-        let port = tokio::time::timeout(Duration::from_secs(20), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(rest) = line.split("started successfully on port ").nth(1) {
-                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                    if let Ok(port) = digits.parse::<u16>() {
-                        return Some(port);
+        // With --port=0 chromedriver takes an ephemeral IPv6 port and then
+        // wants the same number on IPv4; when another process holds that one
+        // it exits ("IPv4 port not available"): try again with another.
+        let mut attempt = 0;
+        let (driver, port, mut lines) = loop {
+            attempt += 1;
+            let mut driver = Command::new(&driver_path)
+                .arg("--port=0")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", driver_path.display()));
+            // "ChromeDriver was started successfully on port 37747."
+            let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
+            let port = tokio::time::timeout(Duration::from_secs(20), async {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Some(rest) = line.split("started successfully on port ").nth(1) {
+                        let digits: String =
+                            rest.chars().take_while(char::is_ascii_digit).collect();
+                        if let Ok(port) = digits.parse::<u16>() {
+                            return Some(port);
+                        }
                     }
                 }
+                None
+            })
+            .await
+            .ok()
+            .flatten();
+            match port {
+                Some(port) => break (driver, port, lines),
+                None if attempt < 8 => {
+                    let _ = driver.kill().await;
+                }
+                None => panic!("chromedriver did not say which port it listens on"),
             }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .expect("chromedriver did not say which port it listens on");
+        };
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
         let profile = tempfile::tempdir().unwrap();
@@ -1188,28 +1202,62 @@ async fn polling_the_api_key_and_failed_actions() {
 
 // ---- the server side, without a browser -------------------------------------------------
 
-/// Reads server-sent events from a response until `deadline`, collecting the
-/// data of `snapshot` events.
+/// One server-sent event of the dashboard's feed.
+struct FeedEvent {
+    kind: String,
+    id: Option<String>,
+    data: Value,
+    /// Bytes of the event on the wire.
+    size: usize,
+}
+
+/// Reads server-sent events from a response.
 struct EventReader {
     response: reqwest::Response,
     buffer: String,
 }
 
 impl EventReader {
-    /// The next `snapshot` event's data, or None if none arrives within `deadline`.
-    async fn next_snapshot(&mut self, deadline: Duration) -> Option<Value> {
+    async fn open(orch: &Orch, last_event_id: Option<&str>) -> EventReader {
+        let mut request = reqwest::Client::new().get(orch.url("/panel/events"));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        EventReader {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next `snapshot` or `delta`, or None if none arrives within `deadline`.
+    async fn next(&mut self, deadline: Duration) -> Option<FeedEvent> {
         let until = Instant::now() + deadline;
         loop {
             while let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let is_snapshot = block.lines().any(|l| l == "event: snapshot");
+                let kind = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event: "))
+                    .map(str::to_owned);
+                let Some(kind) = kind else { continue };
+                let id = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("id: "))
+                    .map(str::to_owned);
                 let data: String = block
                     .lines()
                     .filter_map(|l| l.strip_prefix("data: "))
                     .collect();
-                if is_snapshot {
-                    return Some(serde_json::from_str(&data).expect("snapshot data is JSON"));
-                }
+                let data = serde_json::from_str(&data).expect("event data is JSON");
+                return Some(FeedEvent {
+                    kind,
+                    id,
+                    data,
+                    size: block.len(),
+                });
             }
             let chunk = tokio::time::timeout_at(until, self.response.chunk())
                 .await
@@ -1218,6 +1266,122 @@ impl EventReader {
                 .expect("event stream open");
             self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
         }
+    }
+
+    /// The next `snapshot` event's data.
+    async fn next_snapshot(&mut self, deadline: Duration) -> Option<Value> {
+        let until = Instant::now() + deadline;
+        loop {
+            let event = self
+                .next(until.saturating_duration_since(Instant::now()))
+                .await?;
+            if event.kind == "snapshot" {
+                return Some(event.data);
+            }
+        }
+    }
+}
+
+/// What a dashboard knows, built from a snapshot and the deltas after it the
+/// way the page does (docs/DASHBOARD.md).
+#[derive(Debug, PartialEq, Default, Clone)]
+struct PanelState {
+    version: String,
+    engines: std::collections::BTreeMap<String, Value>,
+    checks: std::collections::BTreeMap<String, Vec<Value>>,
+    streams: std::collections::BTreeMap<String, Value>,
+    nodes: std::collections::BTreeMap<String, Value>,
+}
+
+impl PanelState {
+    fn from_snapshot(snapshot: &Value) -> PanelState {
+        let mut state = PanelState {
+            version: snapshot["version"].as_str().unwrap().to_owned(),
+            ..Default::default()
+        };
+        for engine in snapshot["engines"].as_array().unwrap() {
+            let id = engine["container_id"].as_str().unwrap().to_owned();
+            let checks = snapshot["recent_checks"][&id].as_array().cloned();
+            state.checks.insert(id.clone(), checks.unwrap_or_default());
+            state.engines.insert(id, engine.clone());
+        }
+        for stream in snapshot["streams"].as_array().unwrap() {
+            state
+                .streams
+                .insert(stream["id"].as_str().unwrap().to_owned(), stream.clone());
+        }
+        for node in snapshot["vpn_nodes"].as_array().unwrap() {
+            state
+                .nodes
+                .insert(node["name"].as_str().unwrap().to_owned(), node.clone());
+        }
+        state
+    }
+
+    fn apply(&mut self, delta: &Value) {
+        fn merge(items: &mut std::collections::BTreeMap<String, Value>, section: &Value) {
+            for (id, patch) in section.as_object().into_iter().flatten() {
+                if patch.is_null() {
+                    items.remove(id);
+                    continue;
+                }
+                let item = items.entry(id.clone()).or_insert_with(|| json!({}));
+                for (field, value) in patch.as_object().unwrap() {
+                    item[field] = value.clone();
+                }
+            }
+        }
+        let t = delta["t"].as_i64().unwrap();
+        merge(&mut self.engines, &delta["engines"]);
+        for (id, patch) in delta["engines"].as_object().into_iter().flatten() {
+            if patch.is_null() {
+                self.checks.remove(id);
+            }
+        }
+        for (id, fresh) in delta["checks"].as_object().into_iter().flatten() {
+            let fresh: Vec<Value> = fresh
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    let ts = chrono::DateTime::from_timestamp_millis(t - c[0].as_i64().unwrap())
+                        .unwrap()
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                    let mut check = json!({"ts": ts, "ok": c[1] == 1});
+                    if let Some(error) = c.get(2) {
+                        check["error"] = error.clone();
+                    }
+                    check
+                })
+                .collect();
+            let patch = &delta["engines"][id];
+            if patch.get("last_health_check").is_none() {
+                self.engines.get_mut(id).unwrap()["last_health_check"] = fresh[0]["ts"].clone();
+            }
+            let kept = self.checks.entry(id.clone()).or_default();
+            let mut merged = fresh;
+            merged.append(kept);
+            merged.truncate(30);
+            *kept = merged;
+        }
+        merge(&mut self.streams, &delta["streams"]);
+        merge(&mut self.nodes, &delta["vpn_nodes"]);
+        self.version = delta["version"].as_str().unwrap().to_owned();
+    }
+
+    /// Applies every event until the stream is quiet for `quiet`.
+    async fn follow(&mut self, events: &mut EventReader, quiet: Duration) -> usize {
+        let mut count = 0;
+        while let Some(event) = events.next(quiet).await {
+            count += 1;
+            match event.kind.as_str() {
+                "snapshot" => *self = PanelState::from_snapshot(&event.data),
+                "delta" => self.apply(&event.data),
+                other => panic!("unexpected event {other}"),
+            }
+            assert_eq!(event.id.as_deref(), Some(self.version.as_str()));
+        }
+        count
     }
 }
 
@@ -1308,6 +1472,11 @@ async fn a_vpn_node_shows_its_engines_and_turns_red_when_its_tunnel_drops() {
         browser.text(&format!("{node_card} .error")).await,
         "",
         "no error on a healthy node"
+    );
+    assert_eq!(
+        browser.text(&format!("{node_card} .node-credential")).await,
+        "static node",
+        "a configured node holds no credential of VPN_CONFIGS_DIR"
     );
 
     gluetun.set_tunnel("stopped").await;
@@ -1431,19 +1600,16 @@ async fn the_panel_routes_serve_assets_snapshots_and_events() {
     assert_eq!(snapshot["streams"], json!([]));
     assert!(snapshot["generated_at"].as_str().unwrap().ends_with('Z'));
 
-    // The event stream: a snapshot at once, another after a change, and bursts
+    // The event stream: a snapshot at once, a delta after a change, and bursts
     // of changes folded together.
-    let response = client.get(orch.url("/panel/events")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let mut events = EventReader {
-        response,
-        buffer: String::new(),
-    };
+    let mut events = EventReader::open(&orch, None).await;
     let first = events
-        .next_snapshot(Duration::from_secs(5))
+        .next(Duration::from_secs(5))
         .await
         .expect("a snapshot on connect");
+    assert_eq!(first.kind, "snapshot");
+    assert_eq!(first.id.as_deref(), first.data["version"].as_str());
+    let first = first.data;
     assert_eq!(first["engines"][0]["health_status"], "unknown");
     assert_eq!(first["recent_checks"][&id], json!([]));
     assert_eq!(first["vpn_nodes"], json!([]), "no VPN nodes without VPN");
@@ -1455,12 +1621,10 @@ async fn the_panel_routes_serve_assets_snapshots_and_events() {
         .await;
     assert_eq!(status, 200);
     let after_check = loop {
-        let snapshot = events
-            .next_snapshot(SHOWN)
-            .await
-            .expect("a snapshot after the check");
-        if snapshot["engines"][0]["health_status"] == "healthy" {
-            break snapshot;
+        let event = events.next(SHOWN).await.expect("a delta after the check");
+        assert_eq!(event.kind, "delta");
+        if event.data["engines"][&id]["health_status"] == "healthy" {
+            break event.data;
         }
     };
     assert!(
@@ -1468,7 +1632,7 @@ async fn the_panel_routes_serve_assets_snapshots_and_events() {
         "pushed late: {:?}",
         asked.elapsed()
     );
-    assert_eq!(after_check["recent_checks"][&id][0]["ok"], true);
+    assert_eq!(after_check["checks"][&id][0][1], 1, "{after_check}");
 
     // 20 changes in a burst make a handful of events, not 20.
     let burst = Instant::now();
@@ -1479,16 +1643,572 @@ async fn the_panel_routes_serve_assets_snapshots_and_events() {
     let burst_took = burst.elapsed();
     // The stream falls silent once the burst is told.
     let mut count = 0;
-    while events
-        .next_snapshot(Duration::from_millis(800))
-        .await
-        .is_some()
-    {
+    while events.next(Duration::from_millis(1000)).await.is_some() {
         count += 1;
     }
-    let most = (burst_took.as_millis() / 300) as usize + 2;
+    let most = (burst_took.as_millis() / 500) as usize + 2;
     assert!(
         (1..=most).contains(&count),
         "{count} events for 20 changes in {burst_took:?}"
     );
+}
+
+/// Starts an orchestrator without sweeps and `count` healthy engines, and
+/// waits until every one of them had its first check.
+async fn quiet_pool(dir: &Path, count: usize) -> (Orch, Sim, Vec<String>) {
+    let orch = Orch::start(
+        dir,
+        &[
+            ("HEALTH_CHECK_INTERVAL_S", "3600"),
+            ("HEALTH_CHECK_TIMEOUT_S", "1"),
+            ("COLLECT_INTERVAL_S", "3600"),
+        ],
+    )
+    .await;
+    let sim = Sim::start(count).await;
+    let mut ids = Vec::new();
+    for &port in &sim.ports {
+        ids.push(orch.register(port).await);
+    }
+    for id in &ids {
+        orch.wait_health(id, "healthy", SHOWN).await;
+    }
+    (orch, sim, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_to_one_engine_sends_a_small_delta_naming_it_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (orch, sim, ids) = quiet_pool(dir.path(), 40).await;
+    let mut events = EventReader::open(&orch, None).await;
+    let snapshot = events.next_snapshot(SHOWN).await.expect("a snapshot");
+    assert_eq!(snapshot["engines"].as_array().unwrap().len(), 40);
+    let snapshot_bytes = snapshot.to_string().len();
+    // Whatever the registration left to tell is told.
+    while events.next(Duration::from_millis(800)).await.is_some() {}
+
+    // A routine check of one engine: its check and its latency, nothing else.
+    let one = &ids[7];
+    orch.post(&format!("/engines/{one}/health/check"), Value::Null)
+        .await;
+    let event = events.next(SHOWN).await.expect("a delta after one check");
+    assert_eq!(event.kind, "delta");
+    let delta = &event.data;
+    let named: Vec<&String> = delta["engines"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| k)
+        .chain(delta["checks"].as_object().unwrap().keys())
+        .collect();
+    assert!(named.iter().all(|k| *k == one), "only {one}: {delta}");
+    assert!(
+        delta.get("streams").is_none() && delta.get("vpn_nodes").is_none(),
+        "{delta}"
+    );
+    assert!(
+        event.size < 400,
+        "{} bytes for one check (the snapshot has {snapshot_bytes}): {delta}",
+        event.size
+    );
+
+    // The same engine hangs: it turns unhealthy, with the reason, and still
+    // nothing is said about the 39 others.
+    sim.set_mode(Some(7), "hang").await;
+    orch.post(&format!("/engines/{one}/health/check"), Value::Null)
+        .await;
+    let event = loop {
+        let event = events.next(SHOWN).await.expect("a delta after the hang");
+        if event.data["engines"][one]["health_status"] == "unhealthy" {
+            break event;
+        }
+    };
+    let patch = event.data["engines"][one].as_object().unwrap();
+    assert!(
+        patch["last_health_error"]
+            .as_str()
+            .unwrap()
+            .contains("no answer"),
+        "{patch:?}"
+    );
+    assert_eq!(event.data["engines"].as_object().unwrap().len(), 1);
+    assert_eq!(event.data["checks"].as_object().unwrap().len(), 1);
+    assert!(event.size < 1024, "{} bytes: {}", event.size, event.data);
+    assert!(
+        !patch.contains_key("host") && !patch.contains_key("labels"),
+        "only changed fields: {patch:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_that_reconnects_ends_with_the_state_of_a_fresh_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (orch, sim, ids) = quiet_pool(dir.path(), 6).await;
+    let mut events = EventReader::open(&orch, None).await;
+    let mut page = PanelState::default();
+    page.follow(&mut events, Duration::from_millis(800)).await;
+    assert_eq!(page.engines.len(), 6);
+    // The page goes away (a laptop closed, a proxy restarted)…
+    drop(events);
+    let left_at = page.version.clone();
+    let page_when_it_left = page.clone();
+
+    // …while the pool changes: a check, a hang, a deletion, a new engine, a stream.
+    orch.post(&format!("/engines/{}/health/check", ids[0]), Value::Null)
+        .await;
+    sim.set_mode(Some(1), "hang").await;
+    orch.post(&format!("/engines/{}/health/check", ids[1]), Value::Null)
+        .await;
+    let (status, _) = orch.delete(&format!("/engines/{}", ids[2])).await;
+    assert_eq!(status, 200);
+    let extra = Sim::start(1).await;
+    let new_id = orch.register(extra.port()).await;
+    orch.wait_health(&new_id, "healthy", SHOWN).await;
+    let (status, body) = orch
+        .post(
+            "/events/stream_started",
+            common::started_event(sim.ports[3], "feedface", "s1"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Let the feed publish these as deltas before the page comes back.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut poke = EventReader::open(&orch, None).await;
+    poke.next_snapshot(SHOWN).await.unwrap();
+    drop(poke);
+
+    // It comes back with the version it had: it gets what it missed, not a
+    // snapshot, and ends where a fresh page starts.
+    let mut events = EventReader::open(&orch, Some(&left_at)).await;
+    let first = events.next(SHOWN).await.expect("the missed deltas");
+    assert_eq!(first.kind, "delta", "resumed, not re-sent: {}", first.data);
+    page.apply(&first.data);
+    page.follow(&mut events, Duration::from_millis(1500)).await;
+    let mut fresh_events = EventReader::open(&orch, None).await;
+    let mut fresh = PanelState::default();
+    fresh
+        .follow(&mut fresh_events, Duration::from_millis(800))
+        .await;
+    assert_eq!(page.version, fresh.version);
+    assert_eq!(page, fresh);
+    assert!(!page.engines.contains_key(&ids[2]));
+    assert!(page.engines.contains_key(&new_id));
+    assert_eq!(page.engines[&ids[1]]["health_status"], "unhealthy");
+    assert_eq!(page.streams.len(), 1);
+
+    // A version of another server run (or a garbled one) gets a snapshot.
+    let mut events = EventReader::open(&orch, Some("1-5")).await;
+    assert_eq!(events.next(SHOWN).await.unwrap().kind, "snapshot");
+
+    // Polling: the ETag is the version; the same version is a 304, and
+    // ?since= answers the deltas after it.
+    let client = reqwest::Client::new();
+    let response = client
+        .get(orch.url("/panel/snapshot"))
+        .send()
+        .await
+        .unwrap();
+    let etag = response.headers()["etag"].clone();
+    let polled: Value = response.json().await.unwrap();
+    assert_eq!(PanelState::from_snapshot(&polled), fresh);
+    let again = client
+        .get(orch.url("/panel/snapshot"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    let since = client
+        .get(orch.url(&format!("/panel/snapshot?since={left_at}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(since.status(), 200);
+    let since: Value = since.json().await.unwrap();
+    let deltas = since["deltas"].as_array().expect("deltas after since");
+    assert_eq!(since["version"], fresh.version.as_str());
+    let mut polled_page = page_when_it_left;
+    for delta in deltas {
+        polled_page.apply(delta);
+    }
+    assert_eq!(
+        polled_page, fresh,
+        "polling with ?since= ends at the same state"
+    );
+    let (status, garbled) = orch.get("/panel/snapshot?since=nonsense").await;
+    assert_eq!(status, 200);
+    assert!(
+        garbled["engines"].is_array(),
+        "a snapshot for an unknown version"
+    );
+}
+
+// ---- a large pool ------------------------------------------------------------------------
+
+/// Registers engines `first..` on `ports` of `host`, named `engine-N`, 32 at a time.
+async fn register_many(orch: &Orch, host: &str, ports: &[u16], first: usize) -> Vec<String> {
+    use futures::StreamExt;
+    let client = reqwest::Client::new();
+    futures::stream::iter(ports.iter().enumerate())
+        .map(|(i, port)| {
+            let client = client.clone();
+            let url = orch.url("/engines");
+            let body = json!({"host": host, "port": port, "name": format!("engine-{}", first + i)});
+            async move {
+                let response = client.post(url).json(&body).send().await.unwrap();
+                assert!(response.status().is_success(), "register {body}");
+                let engine: Value = response.json().await.unwrap();
+                engine["container_id"].as_str().unwrap().to_owned()
+            }
+        })
+        .buffered(32)
+        .collect()
+        .await
+}
+
+/// The page's picture of the engines compared with a fresh `GET /panel/snapshot`
+/// of the same version: "same" or what differs.
+const SAME_AS_SNAPSHOT: &str = "
+  const canon = (v) => Array.isArray(v) ? v.map(canon)
+    : v && typeof v === 'object' ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, canon(v[k])])) : v;
+  const page = window.orchestratorPanel;
+  const have = page.state.store.version;
+  const snap = window.__snapshot;
+  const number = (v) => Number(String(v).split('-')[1]);
+  if (!snap || number(have) > number(snap.version)) {
+    window.__snapshot = null;
+    fetch('/panel/snapshot').then((r) => r.json()).then((s) => { window.__snapshot = s; });
+    return false;
+  }
+  if (have !== snap.version) return false;
+  const mine = page.asSnapshot();
+  const a = JSON.stringify(canon({ e: mine.engines.sort((x, y) => x.container_id < y.container_id ? -1 : 1), c: mine.recent_checks }));
+  const b = JSON.stringify(canon({ e: snap.engines, c: snap.recent_checks }));
+  return a === b ? 'same' : `differs at version ${have}`;";
+
+/// 1,000 engines (set `PANEL_ENGINES` for another size), 10 % of them hung,
+/// checked every 2 s: the map, the filters, the search, the detail, pages,
+/// and what it costs the browser (first render, long tasks, DOM size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_engines_read_at_a_glance() {
+    if skipped() {
+        return;
+    }
+    let total: usize = std::env::var("PANEL_ENGINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let hung = total / 10;
+    let dir = tempfile::tempdir().unwrap();
+    let orch = Orch::start(
+        dir.path(),
+        &[
+            ("HEALTH_CHECK_INTERVAL_S", "2"),
+            ("HEALTH_CHECK_TIMEOUT_S", "1"),
+            ("HEALTH_CHECK_CONCURRENCY", "256"),
+        ],
+    )
+    .await;
+    // Healthy engines on 127.0.0.1, hung ones on 127.0.0.2: two groups on the map.
+    let healthy_sim = Sim::start(total - hung).await;
+    let hung_sim = Sim::start_with(&["--count", &hung.to_string(), "--bind-all"]).await;
+    hung_sim.set_mode(None, "hang").await;
+    let started = Instant::now();
+    let mut ids = register_many(&orch, "127.0.0.1", &healthy_sim.ports, 1).await;
+    let hung_ids = register_many(&orch, "127.0.0.2", &hung_sim.ports, total - hung + 1).await;
+    ids.extend(hung_ids.iter().cloned());
+    // Every hung engine is unhealthy and the healthy ones (nearly all: on a
+    // loaded machine one may miss a check) are healthy.
+    wait_for("every engine checked", Duration::from_secs(180), || async {
+        let (_, engines) = orch.get("/engines").await;
+        let engines = engines.as_array().unwrap().clone();
+        let count = |host: &str, health: &str| {
+            engines
+                .iter()
+                .filter(|e| e["host"] == host && e["health_status"] == health)
+                .count()
+        };
+        let (healthy, hung_down) = (
+            count("127.0.0.1", "healthy"),
+            count("127.0.0.2", "unhealthy"),
+        );
+        eprintln!(
+            "{healthy} healthy of {}, {hung_down} hung ones unhealthy of {hung}",
+            total - hung
+        );
+        (hung_down == hung && healthy * 100 >= (total - hung) * 98).then_some(())
+    })
+    .await;
+    eprintln!(
+        "{total} engines registered and checked in {:?}",
+        started.elapsed()
+    );
+
+    let browser = Browser::launch(1366, 1000).await;
+    browser.goto(&orch.url("/panel")).await;
+    browser
+        .wait(
+            "the first render",
+            Duration::from_secs(30),
+            "return document.body.dataset.rendered === 'true'",
+            json!([]),
+        )
+        .await;
+    let first_render = browser
+        .js(
+            "return window.orchestratorPanel.state.firstRender",
+            json!([]),
+        )
+        .await
+        .as_f64()
+        .unwrap();
+    let timing = browser
+        .js("return window.orchestratorPanel.state.timing", json!([]))
+        .await;
+    eprintln!("PANEL {total} engines: snapshot arrived {} ms after navigation, drawing began at {} ms, done at {first_render:.0} ms", timing["snapshotArrived"], timing["drawStarted"]);
+
+    // The map: one cell per engine, the hung ones red, grouped by host.
+    let cells = browser
+        .js(
+            "return document.querySelectorAll('#pool-map .cell').length",
+            json!([]),
+        )
+        .await;
+    assert_eq!(cells, total);
+    let red = browser
+        .wait(
+            "the hung engines red on the map",
+            SHOWN,
+            "const red = [...document.querySelectorAll('#pool-map [data-group=\\'host:127.0.0.2\\'] .cell')]
+                .filter((c) => getComputedStyle(c).backgroundColor === arguments[0]).length;
+             return red === arguments[1] ? red : false;",
+            json!([RED, hung]),
+        )
+        .await;
+    assert_eq!(red, hung);
+    assert_eq!(
+        browser
+            .text("[data-group=\"host:127.0.0.2\"] .map-group-counts")
+            .await,
+        format!("{hung} engines, {hung} unhealthy")
+    );
+    assert!(browser
+        .text("#kpi-healthy")
+        .await
+        .ends_with(&format!(" / {total} healthy")));
+    // Problems first: the first page is the hung engines.
+    browser
+        .wait_text(
+            "#engines-shown",
+            &format!("Showing 1–24 of {total} engines, problems first"),
+        )
+        .await;
+    let first_page = browser
+        .js(
+            "return [...document.querySelectorAll('#engines .engine')].map((c) => c.dataset.health)",
+            json!([]),
+        )
+        .await;
+    let first_page = first_page.as_array().unwrap();
+    assert_eq!(first_page.len(), 24.min(total));
+    assert!(
+        first_page[..24.min(hung)].iter().all(|h| h == "unhealthy"),
+        "{first_page:?}"
+    );
+    browser.screenshot("panel-map.png").await;
+
+    // Updates stream in for a few sweeps; the page keeps up without long tasks.
+    // (Only the page's own tasks count: the test's scripts run outside the window.)
+    let before = browser
+        .js(
+            "return [window.orchestratorPanel.state.events, performance.now()]",
+            json!([]),
+        )
+        .await;
+    let events_before = before[0].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = browser
+        .js(
+            "return [window.orchestratorPanel.state.events, performance.now()]",
+            json!([]),
+        )
+        .await;
+    let events_after = after[0].as_u64().unwrap();
+    assert!(
+        events_after >= events_before + 4,
+        "deltas arrived: {events_before} -> {events_after}"
+    );
+    let long_tasks = browser
+        .js(
+            "return window.orchestratorPanel.longTasks
+                .filter((t) => t.start > arguments[0] && t.start < arguments[1]).map((t) => t.duration);",
+            json!([before[1], after[1]]),
+        )
+        .await;
+    let longest = long_tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_f64)
+        .fold(0.0, f64::max);
+    let dom = browser
+        .js(
+            "return [document.getElementsByTagName('*').length, document.querySelectorAll('.cell').length]",
+            json!([]),
+        )
+        .await;
+    let (elements, cell_elements) = (dom[0].as_u64().unwrap(), dom[1].as_u64().unwrap());
+    eprintln!(
+        "PANEL {total} engines: first render {first_render:.0} ms after navigation; \
+         longest task while updates stream in {longest:.0} ms ({} long tasks); \
+         DOM {elements} elements, {} without the map cells; {} events in 8 s",
+        long_tasks.as_array().unwrap().len(),
+        elements - cell_elements,
+        events_after - events_before
+    );
+    assert!(
+        elements - cell_elements < 2500,
+        "the DOM beyond the map cells is bounded: {elements} elements, {cell_elements} cells"
+    );
+    // The targets (docs/PERFORMANCE.md) are 2 s and 200 ms; on a machine
+    // shared with other builds the test asserts only bounds that catch a
+    // page that blocks (the old one did for 5 s at 1,000 engines), unless
+    // PANEL_TARGETS=1 asks for the targets themselves.
+    let strict = std::env::var_os("PANEL_TARGETS").is_some_and(|v| v == "1");
+    let (render_limit, task_limit) = if strict {
+        (2000.0, 200.0)
+    } else {
+        (10_000.0, 1000.0)
+    };
+    assert!(
+        first_render <= render_limit,
+        "first render {first_render:.0} ms after navigation"
+    );
+    assert!(
+        longest <= task_limit,
+        "a main-thread task of {longest:.0} ms while updates stream in: {long_tasks}"
+    );
+    // What the page holds is what a fresh page would get.
+    let same = browser
+        .wait(
+            "the page's engines to match a fresh snapshot of its version",
+            Duration::from_secs(20),
+            SAME_AS_SNAPSHOT,
+            json!([]),
+        )
+        .await;
+    assert_eq!(same, "same");
+
+    // Only the unhealthy ones: 100 in the list, the rest of the map dimmed.
+    browser
+        .click("#health-filter [data-health=\"unhealthy\"]")
+        .await;
+    let filtered = browser
+        .wait(
+            "only unhealthy engines listed",
+            SHOWN,
+            "const shown = document.getElementById('engines-shown').textContent;
+             const n = Number(document.querySelector('#health-filter [data-health=unhealthy] .count').textContent);
+             const cards = [...document.querySelectorAll('#engines .engine')];
+             const dim = document.querySelectorAll('#pool-map .cell.dim').length;
+             return shown.includes(`of ${n} (of ${arguments[0]})`) && cards.length > 0
+                 && cards.every((c) => c.dataset.health === 'unhealthy') && dim === arguments[0] - n ? n : false;",
+            json!([total]),
+        )
+        .await;
+    assert!(filtered.as_u64().unwrap() as usize >= hung, "{filtered}");
+    browser.screenshot("panel-map-unhealthy.png").await;
+
+    // A page further.
+    if hung > 24 {
+        browser.click("#engines-pager [data-page=\"next\"]").await;
+        browser
+            .wait(
+                "the second page",
+                SHOWN,
+                "return document.getElementById('engines-shown').textContent.startsWith('Showing 25–48 of ')",
+                json!([]),
+            )
+            .await;
+    }
+    browser.click("#health-filter [data-health=\"all\"]").await;
+
+    // Search by address: one engine, one bright cell.
+    let wanted = total / 2;
+    let address = format!("127.0.0.1:{}", healthy_sim.ports[wanted - 1]);
+    browser.type_into("#engine-search", &address).await;
+    browser
+        .wait_text(
+            "#engines-shown",
+            &format!("Showing 1–1 of 1 (of {total}) engines, problems first"),
+        )
+        .await;
+    assert_eq!(
+        browser.text("#engines .engine .name").await,
+        format!("engine-{wanted}")
+    );
+    let bright = browser
+        .js(
+            "return document.querySelectorAll('#pool-map .cell:not(.dim)').length",
+            json!([]),
+        )
+        .await;
+    assert_eq!(bright, 1);
+    browser.screenshot("panel-map-search.png").await;
+    browser
+        .js(
+            "const s = document.getElementById('engine-search'); s.value = ''; s.dispatchEvent(new Event('input'));",
+            json!([]),
+        )
+        .await;
+
+    // By host: the group filter.
+    browser
+        .click("#group-filter option[value=\"host:127.0.0.2\"]")
+        .await;
+    browser
+        .wait_text(
+            "#engines-shown",
+            &format!(
+                "Showing 1–{} of {hung} (of {total}) engines, problems first",
+                24.min(hung)
+            ),
+        )
+        .await;
+
+    // A hung engine's cell: hover says who and why; a click opens its detail.
+    let cell = format!("#pool-map .cell[data-id=\"{}\"]", hung_ids[0]);
+    let title = browser
+        .js(
+            "return document.querySelector(arguments[0]).title",
+            json!([cell]),
+        )
+        .await;
+    let title = title.as_str().unwrap();
+    assert!(
+        title.starts_with(&format!("engine-{} — unhealthy", total - hung + 1))
+            && title.contains("no answer"),
+        "{title}"
+    );
+    browser.click(&cell).await;
+    browser
+        .wait_text("#detail-title", &format!("engine-{}", total - hung + 1))
+        .await;
+    browser
+        .wait(
+            "the detail's transitions",
+            SHOWN,
+            "return !!document.querySelector('#detail-transitions .transition[data-to=\"unhealthy\"]')",
+            json!([]),
+        )
+        .await;
+    browser.screenshot("panel-map-detail.png").await;
+    browser.click("#detail [data-close]").await;
+    assert_all_local(&orch, &browser.fetched_urls().await);
+    assert!(
+        browser.console_errors().await.is_empty(),
+        "{:?}",
+        browser.console_errors().await
+    );
+    drop(ids);
 }

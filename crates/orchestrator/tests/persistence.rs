@@ -90,7 +90,9 @@ fn backdated_stream(id: &str, engine: &str, ended_days_ago: Option<i64>) -> Stre
         },
         end_reason: ended_days_ago.map(|_| "client left".into()),
         viewers: 0,
+        viewers_by_kind: Default::default(),
         failovers: Vec::new(),
+        play: None,
     }
 }
 

@@ -41,6 +41,7 @@ fn settings(min_replicas: u32) -> PoolSettings {
         image: "engine:test".into(),
         label: label(),
         network: None,
+        limits: Default::default(),
         map_https: false,
         startup_timeout: Duration::from_secs(5),
         min_replicas,
@@ -54,6 +55,7 @@ fn settings(min_replicas: u32) -> PoolSettings {
         max_unhealthy_percent: 50,
         allowed_images: vec!["engine:test".into()],
         vpn: None,
+        on_demand: None,
     }
 }
 
@@ -168,6 +170,7 @@ fn engine_spec(name: &str, host_port: u16, label: Label) -> ContainerSpec {
         ]),
         ports: vec![PortMapping::published(40000, host_port)],
         network: None,
+        ..Default::default()
     }
 }
 
@@ -324,4 +327,99 @@ async fn the_mass_failure_guard_replaces_nothing_while_most_engines_fail() {
     assert_eq!(w.count(HealthStatus::Healthy), 4);
     assert_eq!(w.runtime.created().len(), 4);
     assert!(w.pool.demand() == 0);
+}
+
+/// What the Swarm runtime reports when a node goes down and Swarm moves the
+/// engine's task: the engine stays (same id) while its service is restarting,
+/// and its history says what happened, step by step. (A single-node swarm
+/// cannot lose a node, so this path is tested here, on reported states.)
+#[tokio::test(start_paused = true)]
+async fn a_swarm_engine_whose_node_goes_down_keeps_its_identity_and_its_history_says_why() {
+    use orchestrator::runtime::{ContainerStatus, RuntimeEvent, RuntimeEventKind, TaskPlacement};
+    let mut w = world(settings(0), (23300, 23399));
+    let engine = w
+        .runtime
+        .add_running(engine_spec("engine-1", 23301, label()));
+    let task = |task_id: &str, state: &str, node: &str, node_state: &str| TaskPlacement {
+        task_id: task_id.into(),
+        state: state.into(),
+        message: String::new(),
+        node_id: if node.is_empty() {
+            String::new()
+        } else {
+            format!("id-{node}")
+        },
+        node: node.into(),
+        node_state: node_state.into(),
+    };
+    let notes = |w: &World| -> Vec<String> {
+        w.orch.read(|r| {
+            r.health_history(&engine.id)
+                .unwrap()
+                .transitions
+                .iter()
+                .rev()
+                .filter(|t| t.from == t.to)
+                .map(|t| t.reason.clone())
+                .collect()
+        })
+    };
+    let placement_event = RuntimeEvent {
+        kind: RuntimeEventKind::Placement,
+        container_id: "node-a".into(),
+        name: None,
+        at: orchestrator::time::Timestamp::now(),
+    };
+    let runtime = w.runtime.clone();
+    let set = |status, t| runtime.set_task(&engine.id, status, Some(t));
+
+    set(
+        ContainerStatus::Running,
+        task("task-1", "running", "node-a", "ready"),
+    );
+    w.tick().await;
+    assert_eq!(
+        w.engines(),
+        vec![(engine.id.clone(), HealthStatus::Healthy)]
+    );
+    assert!(
+        notes(&w).is_empty(),
+        "nothing to say on first sight: {:?}",
+        notes(&w)
+    );
+
+    // The node goes down; Swarm has not moved the task yet.
+    set(
+        ContainerStatus::Running,
+        task("task-1", "running", "node-a", "down"),
+    );
+    w.reconciler
+        .step(Trigger::Event(placement_event.clone()))
+        .await;
+    // Swarm gives up on the node: a new task, not placed yet. The engine stays.
+    set(
+        ContainerStatus::Restarting,
+        task("task-2", "pending", "", ""),
+    );
+    w.reconciler
+        .step(Trigger::Event(placement_event.clone()))
+        .await;
+    assert_eq!(w.engines().len(), 1, "kept while Swarm reschedules it");
+    // Placed and running on another node.
+    set(
+        ContainerStatus::Running,
+        task("task-2", "running", "node-b", "ready"),
+    );
+    w.reconciler.step(Trigger::Event(placement_event)).await;
+
+    assert_eq!(
+        notes(&w),
+        vec![
+            "node node-a is down: Swarm will run this engine elsewhere".to_owned(),
+            "Swarm replaced task task-1 (node node-a) with task task-2 not placed yet: pending"
+                .to_owned(),
+            "task task-2 running on node node-b".to_owned(),
+        ]
+    );
+    assert_eq!(w.engines()[0].0, engine.id, "the same engine throughout");
 }

@@ -57,31 +57,42 @@ async fn read_whole_body(
     // declares more than DRAIN_LIMIT is not worth reading to refuse cleanly:
     // both are refused on the declared size alone.
     let waits_for_continue = request.headers().contains_key(header::EXPECT);
+    let limit = body_limit(request.uri().path());
     let declared_too_large = |limit: usize| declared.is_some_and(|length| length > limit as u64);
-    if declared_too_large(DRAIN_LIMIT) || (waits_for_continue && declared_too_large(BODY_LIMIT)) {
-        return Err(too_large());
+    if declared_too_large(DRAIN_LIMIT) || (waits_for_continue && declared_too_large(limit)) {
+        return Err(too_large(limit));
     }
     let (parts, body) = request.into_parts();
-    let bytes = collect(body, timeout).await?;
+    let bytes = collect(body, timeout, limit).await?;
     Ok(next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await)
 }
 
-/// The body's bytes, or 413 when they pass [`BODY_LIMIT`]. A body above the
+/// The largest body a route takes: [`BODY_LIMIT`], except for the playlists
+/// `POST /playlist` rewrites.
+fn body_limit(path: &str) -> usize {
+    if path == "/playlist" {
+        crate::playlist::MAX_BYTES
+    } else {
+        BODY_LIMIT
+    }
+}
+
+/// The body's bytes, or 413 when they pass `limit`. A body above the
 /// limit is still read (and dropped) up to [`DRAIN_LIMIT`], so that the 413
 /// reaches a client that sends its whole body before reading the answer. A
 /// body that has not arrived within `timeout` gets 408, or 413 when what came
 /// already passes the limit.
-async fn collect(body: Body, timeout: Duration) -> Result<Vec<u8>, ApiError> {
+async fn collect(body: Body, timeout: Duration, limit: usize) -> Result<Vec<u8>, ApiError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut stream = body.into_data_stream();
     let mut bytes = Vec::new();
     let mut total = 0;
     loop {
         let Ok(next) = tokio::time::timeout_at(deadline, stream.next()).await else {
-            if total > BODY_LIMIT {
-                return Err(too_large());
+            if total > limit {
+                return Err(too_large(limit));
             }
             return Err(ApiError::Status(
                 StatusCode::REQUEST_TIMEOUT,
@@ -99,19 +110,19 @@ async fn collect(body: Body, timeout: Duration) -> Result<Vec<u8>, ApiError> {
         if total > DRAIN_LIMIT {
             break;
         }
-        if total <= BODY_LIMIT {
+        if total <= limit {
             bytes.extend_from_slice(&chunk);
         }
     }
-    if total > BODY_LIMIT {
-        return Err(too_large());
+    if total > limit {
+        return Err(too_large(limit));
     }
     Ok(bytes)
 }
 
-fn too_large() -> ApiError {
+fn too_large(limit: usize) -> ApiError {
     ApiError::Status(
         StatusCode::PAYLOAD_TOO_LARGE,
-        format!("request body is larger than the limit of {BODY_LIMIT} bytes"),
+        format!("request body is larger than the limit of {limit} bytes"),
     )
 }

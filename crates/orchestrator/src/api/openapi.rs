@@ -12,7 +12,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::error::Detail;
 use super::panel;
-use super::{containers, engines, events, play, streams, system, vpn};
+use super::{containers, engines, events, hls, play, playlist, streams, system, vpn};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -34,8 +34,13 @@ use super::{containers, engines, events, play, streams, system, vpn};
         streams::stop,
         streams::stats,
         play::getstream,
+        hls::manifest,
+        hls::file,
+        playlist::rewrite_posted,
+        playlist::rewrite_remote,
         vpn::status,
         vpn::nodes,
+        vpn::credentials,
         events::stream_started,
         events::stream_ended,
         system::metrics,
@@ -54,7 +59,7 @@ use super::{containers, engines, events, play, streams, system, vpn};
         panel::events,
         panel::snapshot,
     ),
-    components(schemas(Detail, crate::domain::StreamStatus)),
+    components(schemas(Detail, crate::domain::StreamStatus, panel::PanelDelta, panel::PanelDeltas)),
     tags(
         (name = "engines", description = "The engine registry and selection."),
         (name = "health", description = "Engine health checks and history."),

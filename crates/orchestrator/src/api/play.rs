@@ -35,7 +35,7 @@ pub struct PlayQuery {
     #[allow(dead_code)]
     pid: Option<String>,
     /// `STREAM_TOKEN`, when it is set.
-    token: Option<String>,
+    pub(super) token: Option<String>,
 }
 
 fn hex40(field: &str, value: &str) -> Result<String, ApiError> {
@@ -49,7 +49,7 @@ fn hex40(field: &str, value: &str) -> Result<String, ApiError> {
     }
 }
 
-fn content_key(q: &PlayQuery) -> Result<ContentKey, ApiError> {
+pub(super) fn content_key(q: &PlayQuery) -> Result<ContentKey, ApiError> {
     let id =
         q.id.as_deref()
             .or(q.content_id.as_deref())
@@ -104,19 +104,7 @@ pub async fn getstream(
     method: Method,
     AppQuery(query): AppQuery<PlayQuery>,
 ) -> Result<Response, ApiError> {
-    if let Some(expected) = &state.stream_token {
-        match query.token.as_deref() {
-            None | Some("") => {
-                return Err(ApiError::Unauthorized(
-                    "this stream needs ?token= (STREAM_TOKEN is set)".into(),
-                ))
-            }
-            Some(given) if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) => {
-                return Err(ApiError::Forbidden("wrong stream token".into()))
-            }
-            Some(_) => {}
-        }
-    }
+    check_token(&state, query.token.as_deref())?;
     let key = content_key(&query)?;
     let ts_headers = [
         (header::CONTENT_TYPE, HeaderValue::from_static("video/mp2t")),
@@ -125,22 +113,44 @@ pub async fn getstream(
     if method == Method::HEAD {
         return Ok((ts_headers, Body::empty()).into_response());
     }
-    let viewer = state.proxy.watch(key).await.map_err(|e| match e {
-        ProxyError::ContentRefused(_) => ApiError::Status(StatusCode::BAD_GATEWAY, e.to_string()),
-        ProxyError::NoEngine(_) | ProxyError::Full(_) | ProxyError::TooManySessions(_) => {
-            ApiError::Unavailable(e.to_string())
-        }
-    });
-    match viewer {
+    match state.proxy.watch(key).await {
         Ok(viewer) => Ok((ts_headers, Body::from_stream(viewer)).into_response()),
-        Err(error) => {
-            let mut response = error.into_response();
-            if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
-            }
-            Ok(response)
-        }
+        Err(error) => Ok(proxy_error(error)),
     }
+}
+
+/// `STREAM_TOKEN`'s check, for every route players open.
+pub(super) fn check_token(state: &AppState, given: Option<&str>) -> Result<(), ApiError> {
+    let Some(expected) = &state.stream_token else {
+        return Ok(());
+    };
+    match given {
+        None | Some("") => Err(ApiError::Unauthorized(
+            "this stream needs ?token= (STREAM_TOKEN is set)".into(),
+        )),
+        Some(given) if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) => {
+            Err(ApiError::Forbidden("wrong stream token".into()))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// The answer to a viewer the proxy could not serve: 502 for a content the
+/// engine refused, 503 with `Retry-After` when no engine or no room.
+pub(super) fn proxy_error(error: ProxyError) -> Response {
+    let api_error = match error {
+        ProxyError::ContentRefused(_) => {
+            ApiError::Status(StatusCode::BAD_GATEWAY, error.to_string())
+        }
+        ProxyError::NoEngine(_) | ProxyError::Full(_) | ProxyError::TooManySessions(_) => {
+            ApiError::Unavailable(error.to_string())
+        }
+    };
+    let mut response = api_error.into_response();
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S));
+    }
+    response
 }

@@ -38,6 +38,8 @@ impl Pool {
             labels,
             ports: request.ports,
             network: self.settings.network.clone(),
+            limits: self.settings.limits,
+            ..Default::default()
         };
         let info = self.runtime.create_and_start(spec).await?;
         self.orch
@@ -81,7 +83,9 @@ impl Pool {
 
     /// Drops an engine whose container is gone (or going) and frees its ports.
     pub(super) async fn forget(&self, id: &str, labels: &BTreeMap<String, String>, reason: &str) {
-        if let Some(ports) = ports_from_labels(labels) {
+        // Behind a VPN node, the ports are the node's: they stay taken.
+        let behind_node = labels.contains_key(crate::domain::labels::VPN_NODE_LABEL);
+        if let Some(ports) = ports_from_labels(labels).filter(|_| !behind_node) {
             self.ports.release(&ports);
         }
         let removed = self.orch.forget_engine(id, reason).await;

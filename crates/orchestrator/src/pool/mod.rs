@@ -13,14 +13,16 @@
 
 mod containers;
 pub mod labels;
+pub mod nodes;
 pub mod reconciler;
 mod vpn;
 
+pub use nodes::{CredentialView, OnDemandSettings};
 pub use vpn::VpnPlacement;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU32};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -29,13 +31,14 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, RuntimeChoice};
 use crate::domain::labels::VPN_NODE_LABEL;
 use crate::domain::{CheckSource, HealthCheck, RuntimeKind};
 use crate::engine_client::millis;
 use crate::ports::{EnginePortSet, EnginePorts, PortError};
 use crate::runtime::{
-    ContainerInfo, ContainerRuntime, ContainerSpec, Label, PortMapping, RuntimeError,
+    ContainerInfo, ContainerRuntime, ContainerSpec, Label, PortMapping, ResourceLimits,
+    RuntimeError, TaskPlacement,
 };
 use crate::service::{Orchestrator, Provisioner};
 use crate::time::Timestamp;
@@ -93,7 +96,11 @@ impl From<RuntimeError> for ProvisionError {
 pub struct PoolSettings {
     pub image: String,
     pub label: Label,
+    /// `DOCKER_NETWORK`, or `SWARM_NETWORK` with RUNTIME=swarm: engines on
+    /// it are reached by name.
     pub network: Option<String>,
+    /// `ENGINE_MEMORY_LIMIT`, `ENGINE_CPU_LIMIT`.
+    pub limits: ResourceLimits,
     pub map_https: bool,
     pub startup_timeout: Duration,
     pub min_replicas: u32,
@@ -108,6 +115,8 @@ pub struct PoolSettings {
     pub allowed_images: Vec<String>,
     /// Engines go behind these Gluetun nodes; `None` without nodes.
     pub vpn: Option<VpnPlacement>,
+    /// Nodes created on demand (`VPN_CONFIGS_DIR`); `None` without.
+    pub on_demand: Option<OnDemandSettings>,
 }
 
 impl PoolSettings {
@@ -115,7 +124,16 @@ impl PoolSettings {
         Self {
             image: config.target_image.clone(),
             label: config.container_label.clone(),
-            network: config.docker_network.clone(),
+            network: match config.runtime {
+                RuntimeChoice::Docker => config.docker_network.clone(),
+                RuntimeChoice::Swarm => config.swarm_network.clone(),
+            },
+            limits: ResourceLimits {
+                memory_bytes: config.engine_memory_limit,
+                nano_cpus: config
+                    .engine_cpu_limit
+                    .map(|cores| (cores * 1e9).round() as i64),
+            },
             map_https: config.ace_map_https,
             startup_timeout: Duration::from_secs_f64(config.startup_timeout_s),
             min_replicas: config.min_replicas,
@@ -128,11 +146,25 @@ impl PoolSettings {
             replacement_cooldown_s: config.health_replacement_cooldown_s,
             max_unhealthy_percent: config.health_max_unhealthy_percent,
             allowed_images: config.allowed_images(),
-            vpn: (!config.vpn_nodes().is_empty()).then(|| VpnPlacement {
-                nodes: config.vpn_nodes(),
-                preferred_per_node: config.preferred_engines_per_vpn,
-                max_per_node: config.max_engines_per_vpn,
+            vpn: (!config.vpn_nodes().is_empty() || config.vpn_configs_dir.is_some()).then(|| {
+                VpnPlacement {
+                    nodes: config.vpn_nodes(),
+                    preferred_per_node: config.preferred_engines_per_vpn,
+                    max_per_node: config.max_engines_per_vpn,
+                    control_port: config.gluetun_control_port,
+                }
+            }),
+            on_demand: config.vpn_configs_dir.as_ref().map(|dir| OnDemandSettings {
+                configs_dir: dir.clone(),
+                image: config.gluetun_image.clone(),
+                tun_device: Some(config.gluetun_tun_device.trim().to_owned())
+                    .filter(|d| !d.is_empty()),
+                api_key: config.gluetun_api_key.clone().unwrap_or_default(),
                 control_port: config.gluetun_control_port,
+                unhealthy_grace: Duration::from_secs_f64(config.vpn_unhealthy_grace_period_s),
+                cooldown: Duration::from_secs_f64(config.vpn_credential_cooldown_s),
+                idle_grace: Duration::from_secs_f64(config.vpn_idle_grace_period_s),
+                startup_timeout: Duration::from_secs_f64(config.vpn_startup_timeout_s),
             }),
         }
     }
@@ -191,8 +223,21 @@ pub struct Pool {
     placing: Mutex<Vec<(String, u16)>>,
     /// Whether the last call to the runtime got through.
     reachable: AtomicBool,
+    /// The VPN monitor: nodes created on demand join and leave it. Set once,
+    /// by the app.
+    vpn: OnceLock<Arc<crate::vpn::Vpn>>,
+    /// The nodes created on demand and their leases.
+    fleet: Mutex<nodes::Fleet>,
+    /// One node created at a time.
+    grow_lock: tokio::sync::Mutex<()>,
+    /// Nodes added so far (see [`Pool::grow_nodes`]).
+    node_generation: AtomicU64,
+    /// Itself, for work that outlives a call (removing a node that failed).
+    me: OnceLock<std::sync::Weak<Pool>>,
     /// To the reconciler task: `/scale` and `/gc` are commands to it.
     commands: mpsc::Sender<Command>,
+    /// The current Swarm task of each engine, as last seen by the resync.
+    tasks: Mutex<std::collections::HashMap<String, TaskPlacement>>,
 }
 
 impl Pool {
@@ -215,8 +260,15 @@ impl Pool {
             demand: AtomicU32::new(0),
             placing: Mutex::new(Vec::new()),
             reachable: AtomicBool::new(true),
+            vpn: OnceLock::new(),
+            fleet: Mutex::new(nodes::Fleet::default()),
+            grow_lock: tokio::sync::Mutex::new(()),
+            node_generation: AtomicU64::new(0),
+            me: OnceLock::new(),
             commands,
+            tasks: Mutex::new(Default::default()),
         });
+        let _ = pool.me.set(Arc::downgrade(&pool));
         let as_provisioner: Arc<dyn Provisioner> = pool.clone();
         orch.set_provisioner(Arc::downgrade(&as_provisioner));
         let reconciler = Reconciler::new(pool.clone(), inbox);
@@ -235,6 +287,11 @@ impl Pool {
             config.ace_https_range,
         );
         Self::new(runtime, orch, PoolSettings::from_config(config), ports)
+    }
+
+    /// Lets the pool add the nodes it creates to the VPN monitor.
+    pub fn set_vpn(&self, vpn: &Arc<crate::vpn::Vpn>) {
+        let _ = self.vpn.set(vpn.clone());
     }
 
     pub fn orchestrator(&self) -> &Arc<Orchestrator> {
@@ -286,7 +343,17 @@ impl Pool {
         let started = Instant::now();
         let mut slot = self.claim_slot(max)?;
         if let Some(vpn) = &self.settings.vpn {
-            let (placement, _placing) = self.place_behind_node(vpn).await?;
+            // No node with room: one more is created on demand (when there
+            // are credentials), then the engine is placed again.
+            let seen = self.node_generation();
+            let (placement, _placing) = match self.place_behind_node(vpn).await {
+                Err(ProvisionError::NoVpnNode(why)) if self.settings.on_demand.is_some() => {
+                    tracing::info!(reason = %why, "no VPN node has room for an engine; creating one");
+                    self.grow_nodes(seen).await?;
+                    self.place_behind_node(vpn).await?
+                }
+                other => other?,
+            };
             slot.set_port(placement.ports.host_http);
             return self
                 .start_engine(request, &placement.ports, Some(&placement), started)
@@ -354,6 +421,8 @@ impl Pool {
             labels,
             ports: published,
             network,
+            limits: self.settings.limits,
+            ..Default::default()
         };
         let info = self.create_named(spec).await.map_err(|e| match e {
             ProvisionError::ImageNotFound(image) => ProvisionError::TargetImageMissing(image),

@@ -26,7 +26,7 @@ use super::labels::{engine_from, ports_from_labels, ports_from_published};
 use super::{EngineRequest, Pool};
 use crate::autoscale::{self, Plan, Policy};
 use crate::domain::{CheckSource, RuntimeKind};
-use crate::runtime::{RuntimeError, RuntimeEvent, RuntimeEventKind};
+use crate::runtime::{RuntimeError, RuntimeEvent, RuntimeEventKind, TaskPlacement};
 use crate::time::Timestamp;
 
 /// What the API asks of the reconciler.
@@ -82,6 +82,7 @@ impl Reconciler {
         if now >= self.next_resync {
             let _ = self.pool.resync().await;
             self.replace_unhealthy().await;
+            self.pool.maintain_nodes().await;
             self.next_resync = Instant::now() + self.pool.settings.monitor_interval;
         }
         if now >= self.next_autoscale {
@@ -148,6 +149,30 @@ impl Reconciler {
                     orch.check_engine(&event.container_id, CheckSource::Probe)
                         .await;
                 });
+            }
+            RuntimeEventKind::Die { exit_code } => {
+                let _ = self.pool.resync().await;
+                // Still known after the resync: the runtime starts it again
+                // (Swarm's restart policy) and the engine keeps its identity.
+                let code = exit_code.map_or_else(|| "unknown".to_owned(), |c| c.to_string());
+                if self
+                    .pool
+                    .orch
+                    .read(|r| r.engine(&event.container_id).is_some())
+                {
+                    let orch = self.pool.orch.clone();
+                    let _ = orch
+                        .note(
+                            &event.container_id,
+                            format!("its container died (exit code {code}); the runtime starts a new one"),
+                        )
+                        .await;
+                    // Out of the selection now, not at the next sweep.
+                    tokio::spawn(async move {
+                        orch.check_engine(&event.container_id, CheckSource::Probe)
+                            .await;
+                    });
+                }
             }
             _ => {
                 let _ = self.pool.resync().await;
@@ -294,7 +319,13 @@ impl Pool {
                 continue;
             };
             alive.insert(info.id.clone());
-            self.ports.reserve(&ports);
+            // Behind a VPN node the ports are the node's (see `nodes.rs`).
+            if !info
+                .labels
+                .contains_key(crate::domain::labels::VPN_NODE_LABEL)
+            {
+                self.ports.reserve(&ports);
+            }
             // Behind a VPN node, the engine is reached through the node.
             let via = info
                 .labels
@@ -304,6 +335,9 @@ impl Pool {
             let engine = engine_from(info, host, port);
             if let Ok(true) = self.orch.adopt_engine(engine).await {
                 tracing::info!(container = %info.id, name = %info.name, "adopted a running engine container");
+            }
+            if let Some(task) = &info.task {
+                self.follow_task(&info.id, task).await;
             }
         }
         let gone: Vec<(String, std::collections::BTreeMap<String, String>)> = self.orch.read(|r| {
@@ -316,7 +350,58 @@ impl Pool {
             tracing::info!(container = %id, "engine container is gone; forgetting it");
             self.forget(&id, &labels, "engine container is gone").await;
         }
+        self.tasks.lock().retain(|id, _| alive.contains(id));
         Ok(())
+    }
+
+    /// Notes in the engine's history what Swarm did to it since the last
+    /// resync: a new task (after a failure, perhaps on another node), its
+    /// node going down or coming back.
+    async fn follow_task(&self, id: &str, task: &TaskPlacement) {
+        let before = self.tasks.lock().insert(id.to_owned(), task.clone());
+        let Some(before) = before else {
+            return;
+        };
+        let mut notes = Vec::new();
+        if before.task_id != task.task_id {
+            let node = if task.node.is_empty() {
+                "not placed yet".to_owned()
+            } else if task.node_id == before.node_id {
+                format!("on the same node {}", task.node)
+            } else {
+                format!("on node {}", task.node)
+            };
+            notes.push(format!(
+                "Swarm replaced task {} (node {}) with task {} {node}: {}",
+                short(&before.task_id),
+                or_unknown(&before.node),
+                short(&task.task_id),
+                task.state,
+            ));
+        } else if before.node_id == task.node_id
+            && before.node_state != task.node_state
+            && !task.node.is_empty()
+        {
+            notes.push(if task.node_state == "ready" {
+                format!("node {} is ready again", task.node)
+            } else {
+                format!(
+                    "node {} is {}: Swarm will run this engine elsewhere",
+                    task.node, task.node_state
+                )
+            });
+        }
+        if before.state != "running" && task.state == "running" && before.task_id == task.task_id {
+            notes.push(format!(
+                "task {} running on node {}",
+                short(&task.task_id),
+                or_unknown(&task.node)
+            ));
+        }
+        for note in notes {
+            tracing::info!(container = %id, %note, "swarm task changed");
+            let _ = self.orch.note(id, note).await;
+        }
     }
 
     /// Sets the demand (`POST /scale/{demand}`); the reconciler acts on it at
@@ -336,5 +421,18 @@ impl Pool {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Gc(reply)).await.ok()?;
         answer.await.ok()
+    }
+}
+
+/// A Swarm id as `docker service ps` shows it.
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+fn or_unknown(node: &str) -> &str {
+    if node.is_empty() {
+        "unassigned"
+    } else {
+        node
     }
 }

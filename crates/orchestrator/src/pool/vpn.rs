@@ -89,8 +89,13 @@ impl Pool {
             counts.get(node).copied().unwrap_or(0)
                 + placing.iter().filter(|(n, _)| n == node).count() as u32
         };
-        let mut candidates: Vec<&String> = vpn
+        let known: Vec<String> = vpn
             .nodes
+            .iter()
+            .cloned()
+            .chain(self.ready_nodes())
+            .collect();
+        let mut candidates: Vec<&String> = known
             .iter()
             .filter(|node| !self.orch.read(|r| r.node_down(node)))
             .filter(|node| count(node) < vpn.max_per_node)
@@ -99,7 +104,11 @@ impl Pool {
             return Err(ProvisionError::NoVpnNode(format!(
                 "no healthy VPN node has room (MAX_ENGINES_PER_VPN {}; nodes: {})",
                 vpn.max_per_node,
-                vpn.nodes.join(", ")
+                if known.is_empty() {
+                    "none yet".to_owned()
+                } else {
+                    known.join(", ")
+                }
             )));
         }
         candidates.sort_by_key(|node| (count(node) >= vpn.preferred_per_node, count(node)));

@@ -9,7 +9,7 @@
 //! the health monitor or the collector finds its engine unhealthy.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -17,11 +17,14 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use super::hls::{HlsConfig, HlsStream};
 use super::session::{
     EndReason, EngineKey, OpenError, SessionConfig, SessionEvent, SessionHandle, Source,
     SourceProvider, SubscribeError, Viewer,
 };
-use crate::domain::{CheckSource, FailoverRecord, HealthCheck, HealthStatus, KeyType};
+use crate::domain::{
+    CheckSource, FailoverRecord, HealthCheck, HealthStatus, KeyType, ViewersByKind,
+};
 use crate::engine_client::{millis, EngineError};
 use crate::registry::StreamStart;
 use crate::service::Orchestrator;
@@ -73,6 +76,12 @@ pub struct ProxySettings {
     /// How long an engine has to answer `getstream?format=json` and the
     /// stream's headers.
     pub engine_timeout: Duration,
+    /// HLS output.
+    pub hls: HlsConfig,
+    /// `PUBLIC_URL`: the base of the URLs rewritten playlists point at.
+    pub public_url: Option<String>,
+    /// Where `GET /playlist?url=` may fetch from.
+    pub playlists: crate::playlist::FetchPolicy,
 }
 
 /// Why a viewer could not be served.
@@ -97,6 +106,8 @@ pub enum ProxyError {
 struct Entry {
     handle: SessionHandle,
     stream_id: String,
+    /// The session's HLS output, started by its first HLS viewer.
+    hls: Arc<OnceLock<Arc<HlsStream>>>,
 }
 
 /// A content's session: being started (every viewer who arrives meanwhile
@@ -113,6 +124,8 @@ pub struct Proxy {
     settings: ProxySettings,
     /// Never held across an await: a start in progress is a shared future.
     sessions: Mutex<HashMap<ContentKey, Slot>>,
+    /// HLS viewer tokens (in segment URLs) and the HLS output they watch.
+    hls_tokens: Mutex<HashMap<String, Arc<HlsStream>>>,
 }
 
 impl Proxy {
@@ -121,7 +134,101 @@ impl Proxy {
             orch,
             settings,
             sessions: Mutex::new(HashMap::new()),
+            hls_tokens: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The HLS settings.
+    pub fn hls_config(&self) -> &HlsConfig {
+        &self.settings.hls
+    }
+
+    /// The proxy's settings.
+    pub fn settings(&self) -> &ProxySettings {
+        &self.settings
+    }
+
+    /// An HLS viewer of `key`: joins (or starts) the content's session and
+    /// its HLS output, and answers the viewer's token. A client that asks
+    /// again with the same `fingerprint` (address and user agent) while its
+    /// token is alive gets the same token: players reload the first URL.
+    pub async fn watch_hls(
+        self: &Arc<Self>,
+        key: ContentKey,
+        fingerprint: u64,
+    ) -> Result<(String, Arc<HlsStream>), ProxyError> {
+        let entry = self.entry(key).await?;
+        let hls = entry
+            .hls
+            .get_or_init(|| HlsStream::start(entry.handle.tap(), self.settings.hls.clone()))
+            .clone();
+        let viewers = entry.handle.viewer_count() + hls.active_viewers();
+        let token = hls.add_viewer(fingerprint);
+        let mut tokens = self.hls_tokens.lock();
+        if !tokens.contains_key(&token) {
+            if viewers >= self.settings.session.max_viewers {
+                return Err(ProxyError::Full(self.settings.session.max_viewers));
+            }
+            tokens.insert(token.clone(), hls.clone());
+        }
+        Ok((token, hls))
+    }
+
+    /// The HLS output a viewer token watches, its fetch recorded; `None` for
+    /// a token that is unknown, forgotten or whose stream ended.
+    pub fn hls_viewer(&self, token: &str) -> Option<Arc<HlsStream>> {
+        let mut tokens = self.hls_tokens.lock();
+        let hls = tokens.get(token).cloned()?;
+        if hls.is_ended() {
+            // Its session ended (the cleanup may have run before this token
+            // was added): the viewer has to start again.
+            tokens.remove(token);
+            return None;
+        }
+        drop(tokens);
+        hls.touch(token).then_some(hls)
+    }
+
+    /// The running (or starting) session of `key`, started if there is none;
+    /// no viewer is subscribed.
+    async fn entry(self: &Arc<Self>, key: ContentKey) -> Result<Entry, ProxyError> {
+        let starting = {
+            let mut sessions = self.sessions.lock();
+            match sessions.get(&key) {
+                Some(Slot::Running(entry)) if !entry.handle.is_ended() => return Ok(entry.clone()),
+                Some(Slot::Running(_)) => {
+                    sessions.remove(&key);
+                }
+                _ => {}
+            }
+            match sessions.get(&key) {
+                Some(Slot::Starting(start)) => start.clone(),
+                _ => self.begin_start(&mut sessions, &key)?,
+            }
+        };
+        starting.await
+    }
+
+    /// Starts `key`'s session in a task of its own: the start completes (and
+    /// its session is recorded, lingers and ends) even if every viewer
+    /// waiting for it leaves.
+    fn begin_start(
+        self: &Arc<Self>,
+        sessions: &mut HashMap<ContentKey, Slot>,
+        key: &ContentKey,
+    ) -> Result<Shared<BoxFuture<'static, Result<Entry, ProxyError>>>, ProxyError> {
+        if sessions.len() >= self.settings.max_sessions {
+            return Err(ProxyError::TooManySessions(sessions.len()));
+        }
+        let task = tokio::spawn(self.clone().start(key.clone()));
+        let start = async move {
+            task.await
+                .unwrap_or_else(|e| Err(ProxyError::NoEngine(format!("the start failed: {e}"))))
+        }
+        .boxed()
+        .shared();
+        sessions.insert(key.clone(), Slot::Starting(start.clone()));
+        Ok(start)
     }
 
     /// Sessions starting or running now.
@@ -152,24 +259,7 @@ impl Proxy {
             match sessions.get(&key) {
                 Some(Slot::Starting(start)) => start.clone(),
                 Some(Slot::Running(_)) => unreachable!("handled above"),
-                None => {
-                    if sessions.len() >= self.settings.max_sessions {
-                        return Err(ProxyError::TooManySessions(sessions.len()));
-                    }
-                    // A task of its own: the start completes (and its session
-                    // is recorded, lingers and ends) even if every viewer
-                    // waiting for it leaves.
-                    let task = tokio::spawn(self.clone().start(key.clone()));
-                    let start = async move {
-                        task.await.unwrap_or_else(|e| {
-                            Err(ProxyError::NoEngine(format!("the start failed: {e}")))
-                        })
-                    }
-                    .boxed()
-                    .shared();
-                    sessions.insert(key.clone(), Slot::Starting(start.clone()));
-                    start
-                }
+                None => self.begin_start(&mut sessions, &key)?,
             }
         };
         let entry = starting.await?;
@@ -201,7 +291,11 @@ impl Proxy {
         };
         self.orch.metrics.proxy_sessions_started.inc();
         tracing::info!(stream = %stream_id, content = %key.value(), engine = %handle.engine(), "proxy session started");
-        let entry = Entry { handle, stream_id };
+        let entry = Entry {
+            handle,
+            stream_id,
+            hls: Arc::new(OnceLock::new()),
+        };
         self.sessions
             .lock()
             .insert(key.clone(), Slot::Running(entry.clone()));
@@ -226,7 +320,7 @@ impl Proxy {
         // subscribe right after the start, so look one period later.
         ticker.tick().await;
         let mut idle_since: Option<Instant> = None;
-        let mut last_viewers = usize::MAX;
+        let mut last_viewers = None;
         let mut asked_failover_for: Option<EngineKey> = None;
         let end_reason: String = loop {
             tokio::select! {
@@ -266,10 +360,24 @@ impl Proxy {
                     None => break "the session stopped".to_owned(),
                 },
                 _ = ticker.tick() => {
-                    let viewers = entry.handle.viewer_count();
-                    if viewers != last_viewers {
-                        last_viewers = viewers;
-                        self.orch.set_viewers(&entry.stream_id, viewers as u32);
+                    let hls = entry.hls.get();
+                    let by_kind = ViewersByKind {
+                        ts: entry.handle.viewer_count() as u32,
+                        hls: hls.map_or(0, |h| h.active_viewers() as u32),
+                    };
+                    if let Some(hls) = hls {
+                        let gone = hls.forget_idle();
+                        if !gone.is_empty() {
+                            let mut tokens = self.hls_tokens.lock();
+                            for token in gone {
+                                tokens.remove(&token);
+                            }
+                        }
+                    }
+                    let viewers = by_kind.ts + by_kind.hls;
+                    if last_viewers != Some(by_kind) {
+                        last_viewers = Some(by_kind);
+                        self.orch.set_viewers(&entry.stream_id, by_kind);
                     }
                     if viewers == 0 {
                         let since = *idle_since.get_or_insert_with(Instant::now);
@@ -310,6 +418,12 @@ impl Proxy {
             }
         }
         entry.handle.close();
+        if let Some(hls) = entry.hls.get() {
+            let mut tokens = self.hls_tokens.lock();
+            for token in hls.tokens() {
+                tokens.remove(&token);
+            }
+        }
         engines.stop_current().await;
         let _ = self
             .orch

@@ -5,6 +5,7 @@
 //! - [`ts`]: the MPEG-TS parsing and rewriting the proxy needs.
 //! - [`ring`]: the bounded chunk ring viewers read from by cursor.
 //! - [`session`]: ingest, failover and splice, headroom, viewers.
+//! - [`hls`]: the session's bytes cut into HLS segments, a live window of them.
 //!
 //! The control plane implements [`SourceProvider`] (engine selection,
 //! reservation, the request to the engine), keeps one [`SessionHandle`] per
@@ -57,6 +58,7 @@
 //! # }
 //! ```
 
+pub mod hls;
 pub mod hub;
 pub mod ring;
 pub mod session;
@@ -64,5 +66,5 @@ pub mod ts;
 
 pub use session::{
     ByteStream, EndReason, EngineKey, FailReason, Failover, OpenError, SessionConfig, SessionEvent,
-    SessionHandle, Source, SourceProvider, SubscribeError, Viewer,
+    SessionHandle, Source, SourceProvider, SubscribeError, Tap, Tapped, Viewer,
 };

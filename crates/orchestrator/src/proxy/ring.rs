@@ -41,6 +41,10 @@ pub struct Chunk {
     pub has_pat: bool,
     /// The chunk contains a packet with random_access_indicator set.
     pub has_random_access: bool,
+    /// The chunk is the first of a new source after a failover (it starts
+    /// with that source's first PAT): the HLS segmenter starts a new
+    /// segment, marked as a discontinuity, here.
+    pub splice: bool,
 }
 
 impl Chunk {
@@ -144,6 +148,7 @@ impl Ring {
         media: Duration,
         has_random_access: bool,
         psi: &[(u16, Bytes)],
+        splice: bool,
     ) -> u64 {
         let offset;
         {
@@ -170,6 +175,7 @@ impl Ring {
                 media,
                 has_pat: psi.iter().any(|(pid, _)| *pid == ts::PAT_PID),
                 has_random_access,
+                splice,
             });
             let oldest_kept = media.saturating_sub(self.retain);
             while st.chunks.len() > 1
@@ -252,6 +258,13 @@ impl Ring {
         }
     }
 
+    /// The offset of the oldest chunk kept (the write offset when empty): where
+    /// a reader that wants everything still held starts.
+    pub fn oldest(&self) -> u64 {
+        let st = self.state.lock();
+        st.chunks.front().map_or(st.end, |c| c.offset)
+    }
+
     /// Ends the ring: with `drain`, readers first get what is left.
     pub fn close(&self, drain: bool) {
         {
@@ -308,7 +321,14 @@ mod tests {
         let ring = Ring::new(1 << 30, Duration::from_secs(2));
         let now = Instant::now();
         for second in 0..10u64 {
-            ring.push(chunk(4, 1), now, Duration::from_secs(second), false, &[]);
+            ring.push(
+                chunk(4, 1),
+                now,
+                Duration::from_secs(second),
+                false,
+                &[],
+                false,
+            );
         }
         // Media 7, 8 and 9 s are within 2 s of the newest (9 s).
         assert_eq!(ring.bytes(), 3 * 4 * PACKET_SIZE);
@@ -320,7 +340,7 @@ mod tests {
         let ring = Ring::new(10 * PACKET_SIZE, Duration::from_secs(3600));
         let now = Instant::now();
         let a = chunk(4, 1);
-        ring.push(a.clone(), now, ms(0), false, &[]);
+        ring.push(a.clone(), now, ms(0), false, &[], false);
         let Read::Chunk(got) = ring.read(0) else {
             panic!("expected a chunk")
         };
@@ -330,8 +350,8 @@ mod tests {
             Read::Empty { closed: false }
         ));
 
-        ring.push(chunk(4, 2), now, ms(10), false, &[]);
-        ring.push(chunk(4, 3), now, ms(20), false, &[]);
+        ring.push(chunk(4, 2), now, ms(10), false, &[], false);
+        ring.push(chunk(4, 3), now, ms(20), false, &[], false);
         // 12 packets > 10: the first chunk is gone.
         assert_eq!(ring.bytes(), 8 * PACKET_SIZE);
         assert_eq!(ring.evicted(), 1);
@@ -346,22 +366,23 @@ mod tests {
         let now = Instant::now();
         let pat = Bytes::copy_from_slice(&pat(0));
         let pmt = Bytes::copy_from_slice(&pmt(0));
-        ring.push(chunk(2, 0), now, ms(0), false, &[]);
+        ring.push(chunk(2, 0), now, ms(0), false, &[], false);
         let with_pat = ring.push(
             chunk(2, 1),
             now,
             ms(100),
             false,
             &[(0, pat.clone()), (PMT_PID, pmt.clone())],
+            false,
         );
-        ring.push(chunk(2, 2), now, ms(200), false, &[]);
-        let newest = ring.push(chunk(2, 3), now, ms(300), false, &[]);
+        ring.push(chunk(2, 2), now, ms(200), false, &[], false);
+        let newest = ring.push(chunk(2, 3), now, ms(300), false, &[], false);
         let j = ring.join(Duration::ZERO);
         assert_eq!(j.cursor, with_pat);
         assert_eq!(j.prefix, vec![pat.clone(), pmt.clone()]);
 
         // More than a second later the PAT is too old to go back to.
-        let late = ring.push(chunk(2, 4), now, ms(1500), false, &[]);
+        let late = ring.push(chunk(2, 4), now, ms(1500), false, &[], false);
         assert_eq!(ring.join(Duration::ZERO).cursor, late);
         assert!(late > newest);
 
@@ -374,7 +395,7 @@ mod tests {
     #[tokio::test]
     async fn close_drains_or_aborts() {
         let ring = Ring::new(1 << 20, Duration::from_secs(3600));
-        ring.push(chunk(1, 0), Instant::now(), ms(0), false, &[]);
+        ring.push(chunk(1, 0), Instant::now(), ms(0), false, &[], false);
         let mut rx = ring.watch();
         rx.borrow_and_update();
         ring.close(true);

@@ -331,6 +331,63 @@ impl SessionHandle {
     pub fn lagged(&self) -> u64 {
         self.inner.shared.lagged.load(Ordering::Relaxed)
     }
+
+    /// A reader of the session's chunks as they are, from the oldest one the
+    /// ring still holds, for the HLS segmenter. It is not a viewer (it does
+    /// not count, pace, or keep the session alive: viewers of its output are
+    /// counted by the control plane).
+    pub fn tap(&self) -> Tap {
+        let shared = self.inner.shared.clone();
+        Tap {
+            changed: shared.ring.watch(),
+            cursor: shared.ring.oldest(),
+            shared,
+        }
+    }
+}
+
+/// What a [`Tap`] reads next.
+#[derive(Debug)]
+pub enum Tapped {
+    Chunk(super::ring::Chunk),
+    /// The tap fell behind the ring and skipped to the oldest chunk kept:
+    /// data was lost in between.
+    Lagged,
+    /// The session ended.
+    End,
+}
+
+/// See [`SessionHandle::tap`].
+#[derive(Debug)]
+pub struct Tap {
+    shared: Arc<Shared>,
+    changed: watch::Receiver<u64>,
+    cursor: u64,
+}
+
+impl Tap {
+    /// The next chunk, waiting for it.
+    pub async fn next(&mut self) -> Tapped {
+        loop {
+            self.changed.borrow_and_update();
+            match self.shared.ring.read(self.cursor) {
+                Read::Chunk(chunk) => {
+                    self.cursor = chunk.end();
+                    return Tapped::Chunk(chunk);
+                }
+                Read::Lagged => {
+                    self.cursor = self.shared.ring.oldest();
+                    return Tapped::Lagged;
+                }
+                Read::Empty { closed: false } => {
+                    if self.changed.changed().await.is_err() {
+                        return Tapped::End;
+                    }
+                }
+                Read::Empty { closed: true } | Read::Aborted => return Tapped::End,
+            }
+        }
+    }
 }
 
 /// Longest chunk put in the ring: big engine reads are cut (without copying)
@@ -487,6 +544,8 @@ impl PidSet {
 #[derive(Debug)]
 struct Splice {
     waiting_for_pat: bool,
+    /// The first chunk of the new source is yet to be pushed.
+    first_chunk: bool,
     /// PIDs whose discontinuity is already marked.
     marked: PidSet,
     /// Media time after which marking stops.
@@ -597,6 +656,7 @@ impl Ingest {
         self.clock.rebase();
         self.splice = Some(Splice {
             waiting_for_pat: true,
+            first_chunk: true,
             marked: PidSet([0; 128]),
             until: self.clock.now + SPLICE_MARK_WINDOW,
         });
@@ -618,6 +678,7 @@ impl Ingest {
 
     /// One run of whole packets: splice handling, PSI and PCR, into the ring.
     fn chunk(&mut self, mut data: Bytes, arrived: Instant) {
+        let mut splice_starts = false;
         if let Some(splice) = &mut self.splice {
             if splice.waiting_for_pat {
                 let Some(at) = data
@@ -629,6 +690,7 @@ impl Ingest {
                 data.advance(at * PACKET_SIZE);
                 splice.waiting_for_pat = false;
             }
+            splice_starts = std::mem::take(&mut splice.first_chunk);
             data = self.mark_discontinuities(data);
         }
 
@@ -657,9 +719,14 @@ impl Ingest {
         if self.splice.as_ref().is_some_and(|s| media > s.until) {
             self.splice = None;
         }
-        self.shared
-            .ring
-            .push(data, arrived, media, random_access, &self.psi);
+        self.shared.ring.push(
+            data,
+            arrived,
+            media,
+            random_access,
+            &self.psi,
+            splice_starts,
+        );
     }
 
     fn learn_pat(&mut self, pat: &[u8]) {

@@ -130,6 +130,66 @@ fn pat_entries(pkt: &[u8]) -> Option<&[u8]> {
     section.get(8..(3 + section_length).checked_sub(4)?)
 }
 
+/// The elementary streams a PMT packet announces, as `(stream_type, pid)`.
+/// Empty unless `pkt` starts a PMT section that fits in this one packet (the
+/// case for every stream with a handful of tracks).
+pub fn pmt_streams(pkt: &[u8]) -> Vec<(u8, u16)> {
+    pmt_streams_inner(pkt).unwrap_or_default()
+}
+
+fn pmt_streams_inner(pkt: &[u8]) -> Option<Vec<(u8, u16)>> {
+    if !pusi(pkt) {
+        return None;
+    }
+    let payload = payload(pkt)?;
+    let section = payload.get(1 + usize::from(*payload.first()?)..)?;
+    if *section.first()? != 0x02 {
+        return None; // not a TS_program_map_section
+    }
+    let section_length =
+        (usize::from(*section.get(1)? & 0x0f) << 8) | usize::from(*section.get(2)?);
+    let end = (3 + section_length).checked_sub(4)?; // before the CRC
+    let program_info_length =
+        (usize::from(*section.get(10)? & 0x0f) << 8) | usize::from(*section.get(11)?);
+    let mut pos = 12 + program_info_length;
+    let mut out = Vec::new();
+    while pos + 5 <= end {
+        let entry = section.get(pos..pos + 5)?;
+        let pid = (u16::from(entry[1] & 0x1f) << 8) | u16::from(entry[2]);
+        out.push((entry[0], pid));
+        pos += 5 + ((usize::from(entry[3] & 0x0f) << 8) | usize::from(entry[4]));
+    }
+    Some(out)
+}
+
+/// Whether a PMT stream_type is video (MPEG-1/2, MPEG-4 part 2, H.264, HEVC, VVC).
+pub fn is_video_stream_type(stream_type: u8) -> bool {
+    matches!(stream_type, 0x01 | 0x02 | 0x10 | 0x1b | 0x24 | 0x33)
+}
+
+/// The PTS (90 kHz ticks, 33 bits) of the PES packet that starts in `pkt`,
+/// if it starts one and carries a PTS.
+pub fn pes_pts(pkt: &[u8]) -> Option<u64> {
+    if !pusi(pkt) {
+        return None;
+    }
+    let pes = payload(pkt)?;
+    if pes.len() < 14 || pes[..3] != [0, 0, 1] || pes[7] & 0x80 == 0 {
+        return None;
+    }
+    let b = &pes[9..14];
+    Some(
+        (u64::from(b[0] & 0x0e) << 29)
+            | (u64::from(b[1]) << 22)
+            | (u64::from(b[2] & 0xfe) << 14)
+            | (u64::from(b[3]) << 7)
+            | (u64::from(b[4]) >> 1),
+    )
+}
+
+/// PTS and DTS values wrap at this many 90 kHz ticks (about 26.5 hours).
+pub const PTS_WRAP: u64 = 1 << 33;
+
 /// How many 0xFF stuffing bytes end a PSI packet that starts a section, or
 /// `None` when a section runs past this packet (no stuffing to take).
 fn psi_stuffing(pkt: &[u8]) -> Option<usize> {
@@ -404,6 +464,40 @@ mod tests {
         assert_eq!(pat_pmt_pids(&pat(0)).collect::<Vec<_>>(), vec![PMT_PID]);
         assert_eq!(pat_pmt_pids(&pmt(0)).count(), 0);
         assert_eq!(pat_pmt_pids(&video(0, None, 0, 0)).count(), 0);
+    }
+
+    #[test]
+    fn pmt_lists_its_streams() {
+        assert_eq!(pmt_streams(&pmt(0)), vec![(0x1b, VIDEO_PID)]);
+        assert!(pmt_streams(&pat(0)).is_empty());
+        assert!(is_video_stream_type(0x1b));
+        assert!(!is_video_stream_type(0x0f), "AAC is audio");
+    }
+
+    #[test]
+    fn reads_the_pts_of_a_pes_start() {
+        let mut p = video(0, None, 0, 0);
+        p[1] |= 0x40; // payload_unit_start
+        let pts: u64 = (1 << 32) + 123_456;
+        let pes = [
+            0,
+            0,
+            1,
+            0xe0,
+            0,
+            0,
+            0x80,
+            0x80,
+            5,
+            0x21 | ((pts >> 29) as u8 & 0x0e),
+            (pts >> 22) as u8,
+            ((pts >> 14) as u8 & 0xfe) | 1,
+            (pts >> 7) as u8,
+            ((pts << 1) as u8) | 1,
+        ];
+        p[4..4 + pes.len()].copy_from_slice(&pes);
+        assert_eq!(pes_pts(&p), Some(pts));
+        assert_eq!(pes_pts(&video(0, None, 0, 0)), None);
     }
 
     #[test]

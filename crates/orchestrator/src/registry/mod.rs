@@ -99,7 +99,8 @@ pub struct EngineView<'a> {
     /// When the engine was last seen (registration, Docker resync, stream start).
     pub last_seen: Timestamp,
     /// Ids of the engine's active (started) streams.
-    pub streams: Vec<&'a str>,
+    #[schema(value_type = Vec<String>)]
+    pub streams: &'a BTreeSet<String>,
     pub health_status: HealthStatus,
     /// When the last health check finished; null before the first.
     #[schema(required = true)]
@@ -309,3 +310,5 @@ mod streams;
 #[cfg(test)]
 mod tests;
 mod views;
+
+pub use views::EngineFilter;

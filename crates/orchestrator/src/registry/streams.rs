@@ -91,6 +91,7 @@ impl Registry {
 
         let stream = Stream {
             id: stream_id.clone(),
+            play: crate::domain::PlayPaths::for_key(event.key_type, &event.key),
             key_type: event.key_type,
             key: event.key,
             container_id: engine_id,
@@ -103,6 +104,7 @@ impl Registry {
             status: StreamStatus::Started,
             end_reason: None,
             viewers: 0,
+            viewers_by_kind: Default::default(),
             failovers: Vec::new(),
         };
         // The built-in proxy repeats the event when it moves a stream to
@@ -113,6 +115,7 @@ impl Registry {
         if let Some(old) = self.streams.get(&stream_id) {
             if old.status == StreamStatus::Started {
                 stream.viewers = old.viewers;
+                stream.viewers_by_kind = old.viewers_by_kind;
                 stream.failovers = old.failovers.clone();
                 if old.container_id != stream.container_id {
                     stream.started_at = old.started_at;
@@ -261,10 +264,11 @@ impl Registry {
 
     /// Sets how many players read a started stream through the built-in
     /// proxy. In memory only: a restart ends every proxied session.
-    pub fn set_viewers(&mut self, stream_id: &str, viewers: u32) -> bool {
+    pub fn set_viewers(&mut self, stream_id: &str, by_kind: crate::domain::ViewersByKind) -> bool {
         match self.streams.get_mut(stream_id) {
-            Some(s) if s.status == StreamStatus::Started && s.viewers != viewers => {
-                s.viewers = viewers;
+            Some(s) if s.status == StreamStatus::Started && s.viewers_by_kind != by_kind => {
+                s.viewers = by_kind.ts + by_kind.hls;
+                s.viewers_by_kind = by_kind;
                 true
             }
             _ => false,

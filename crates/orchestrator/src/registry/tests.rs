@@ -207,7 +207,7 @@ fn a_stream_moved_to_another_engine_keeps_its_start_viewers_and_failovers() {
     let mut event = start("127.0.0.1", 5, "k");
     event.labels.insert("stream_id".into(), "proxy-1".into());
     reg.stream_started(event.clone(), t(1_000)).unwrap();
-    assert!(reg.set_viewers("proxy-1", 3));
+    assert!(reg.set_viewers("proxy-1", crate::domain::ViewersByKind { ts: 2, hls: 1 }));
     let failover = crate::domain::FailoverRecord {
         at: t(5_000),
         from: "127.0.0.1:5".into(),
@@ -318,4 +318,61 @@ fn streams_past_the_retention_are_forgotten_in_memory_and_started_ones_stay() {
     assert!(reg.stream(&recent.id).is_some());
     assert!(reg.stream(&playing.id).is_some());
     assert_eq!(reg.forget_ended_before(t(1_000)), 0);
+}
+
+#[test]
+fn a_listing_written_in_pieces_is_the_whole_listing() {
+    let mut reg = Registry::new(LIMITS);
+    for port in 1..=10u16 {
+        let mut labels = BTreeMap::new();
+        if port % 3 == 0 {
+            labels.insert("pool".to_owned(), "eu".to_owned());
+        }
+        reg.register(Registry::new_external_engine(
+            "127.0.0.1",
+            port,
+            None,
+            None,
+            labels,
+            t(0),
+        ));
+    }
+    let pieces = |filter: &EngineFilter, max: usize| {
+        let mut out = vec![b'['];
+        let (mut first, mut after, mut holds) = (true, None::<String>, 0);
+        loop {
+            holds += 1;
+            let next = reg
+                .append_engines_json(t(1), filter, after.as_deref(), max, &mut out, &mut first)
+                .unwrap();
+            match next {
+                Some(last) => after = Some(last),
+                None => break,
+            }
+        }
+        out.push(b']');
+        (
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap(),
+            holds,
+        )
+    };
+    let whole: serde_json::Value =
+        serde_json::from_slice(&reg.engines_json(t(1)).unwrap()).unwrap();
+    for max in [1, 3, 10, 11, 256] {
+        let (list, holds) = pieces(&EngineFilter::default(), max);
+        assert_eq!(list, whole, "pieces of {max}");
+        assert_eq!(holds, 10 / max + 1, "pieces of {max}");
+    }
+    let eu = EngineFilter {
+        label: Some(("pool".into(), Some("eu".into()))),
+        ..EngineFilter::default()
+    };
+    let (list, _) = pieces(&eu, 2);
+    let ports: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, [3, 6, 9]);
 }

@@ -2,15 +2,122 @@
 
 use super::*;
 
+/// Which engines a listing shows (`GET /engines?health=…`); the default
+/// shows every engine.
+#[derive(Debug, Default, Clone)]
+pub struct EngineFilter {
+    pub health: Option<HealthStatus>,
+    pub runtime: Option<RuntimeKind>,
+    /// Compared by [`canonical_host`], so loopback aliases are one host.
+    pub host: Option<String>,
+    /// The VPN node (container name) the engine runs behind.
+    pub vpn_node: Option<String>,
+    /// A label key, and the value it must have (`None`: any value).
+    pub label: Option<(String, Option<String>)>,
+}
+
+impl EngineFilter {
+    /// True when it lets every engine through.
+    pub fn is_empty(&self) -> bool {
+        self.health.is_none()
+            && self.runtime.is_none()
+            && self.host.is_none()
+            && self.vpn_node.is_none()
+            && self.label.is_none()
+    }
+
+    pub fn matches(&self, engine: &Engine) -> bool {
+        self.health.is_none_or(|h| engine.health.status == h)
+            && self.runtime.is_none_or(|r| engine.runtime == r)
+            && self
+                .vpn_node
+                .as_deref()
+                .is_none_or(|node| engine.vpn_node() == Some(node))
+            && self.label.as_ref().is_none_or(|(key, value)| {
+                engine
+                    .labels
+                    .get(key)
+                    .is_some_and(|v| value.as_deref().is_none_or(|want| v == want))
+            })
+            && self
+                .host
+                .as_deref()
+                .is_none_or(|host| canonical_host(&engine.host) == host)
+    }
+}
+
+/// The engines of a listing, serialized one by one as a JSON array (no
+/// vector of views in between).
+struct EngineList<'a> {
+    registry: &'a Registry,
+    filter: &'a EngineFilter,
+    now: Timestamp,
+    reserved: HashMap<&'a str, u32>,
+}
+
+impl Serialize for EngineList<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            self.registry
+                .engines
+                .values()
+                .filter(|e| self.filter.matches(&e.engine))
+                .map(|e| self.registry.view(e, self.now, &self.reserved)),
+        )
+    }
+}
+
 impl Registry {
-    pub fn engines_json(&self, now: Timestamp) -> serde_json::Result<Vec<u8>> {
+    /// Appends to `out` the engines after `after` (by id) that `filter`
+    /// lets through, at most `max` engines looked at, each preceded by a
+    /// comma unless it is the list's first (`first`). Answers the id to go
+    /// on after, or `None` when the list is complete. A caller can thus
+    /// write a large list in pieces, letting the lock go in between.
+    pub fn append_engines_json(
+        &self,
+        now: Timestamp,
+        filter: &EngineFilter,
+        after: Option<&str>,
+        max: usize,
+        out: &mut Vec<u8>,
+        first: &mut bool,
+    ) -> serde_json::Result<Option<String>> {
+        use std::ops::Bound;
         let reserved = self.reservation_counts(now);
-        let views: Vec<_> = self
+        let start = match after {
+            Some(id) => Bound::Excluded(id),
+            None => Bound::Unbounded,
+        };
+        let mut looked = 0;
+        let mut last = None;
+        for (id, entry) in self
             .engines
-            .values()
-            .map(|e| self.view(e, now, &reserved))
-            .collect();
-        serde_json::to_vec(&views)
+            .range::<str, _>((start, Bound::Unbounded))
+            .take(max)
+        {
+            looked += 1;
+            last = Some(id);
+            if !filter.matches(&entry.engine) {
+                continue;
+            }
+            if !std::mem::take(first) {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut *out, &self.view(entry, now, &reserved))?;
+        }
+        Ok(if looked == max { last.cloned() } else { None })
+    }
+
+    /// Every engine, ordered by id, as one JSON array written in one hold
+    /// of the lock (the dashboard's snapshot).
+    pub fn engines_json(&self, now: Timestamp) -> serde_json::Result<Vec<u8>> {
+        let list = EngineList {
+            registry: self,
+            filter: &EngineFilter::default(),
+            now,
+            reserved: self.reservation_counts(now),
+        };
+        serde_json::to_vec(&list)
     }
 
     pub fn engine_view(&self, id: &str, now: Timestamp) -> Option<EngineView<'_>> {
@@ -33,7 +140,7 @@ impl Registry {
             labels: &e.labels,
             first_seen: e.first_seen,
             last_seen: e.last_seen,
-            streams: entry.active.iter().map(String::as_str).collect(),
+            streams: &entry.active,
             health_status: e.health.status,
             last_health_check: e.health.last_check,
             last_stream_usage: e.usage.last_stream_usage,

@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, EndpointSettings,
-    EventMessage, EventMessageTypeEnum, HostConfig, NetworkingConfig, PortBinding, PortMap,
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummary, DeviceMapping,
+    EndpointSettings, EventMessage, EventMessageTypeEnum, HostConfig, NetworkingConfig,
+    PortBinding, PortMap,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
@@ -90,9 +91,17 @@ impl DockerRuntime {
         &self.host
     }
 
+    pub(super) fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    pub(super) fn stop_grace(&self) -> Duration {
+        self.stop_grace
+    }
+
     /// The client, connected and with its API version negotiated. A failure is
     /// not remembered: the next call tries again.
-    async fn client(&self) -> Result<&Docker, RuntimeError> {
+    pub(super) async fn client(&self) -> Result<&Docker, RuntimeError> {
         self.client
             .get_or_try_init(|| async {
                 let docker = self.connect()?;
@@ -124,7 +133,7 @@ impl DockerRuntime {
     }
 
     /// Runs one daemon call under the call timeout.
-    async fn call<T>(
+    pub(super) async fn call<T>(
         &self,
         what: &str,
         limit: Duration,
@@ -366,7 +375,7 @@ impl ContainerRuntime for DockerRuntime {
 }
 
 /// What a failing call was about, to name it in the error.
-enum Subject<'a> {
+pub(super) enum Subject<'a> {
     Daemon,
     Container(&'a str),
     Create {
@@ -376,7 +385,7 @@ enum Subject<'a> {
     },
 }
 
-fn map_error(host: &str, error: BollardError, subject: &Subject<'_>) -> RuntimeError {
+pub(super) fn map_error(host: &str, error: BollardError, subject: &Subject<'_>) -> RuntimeError {
     match error {
         BollardError::DockerResponseServerError {
             status_code,
@@ -404,6 +413,17 @@ fn map_status(status: u16, message: String, subject: &Subject<'_>) -> RuntimeErr
             message,
         };
     }
+    // In swarm mode the daemon asks the manager for the network and answers
+    // 500 "Could not attach to network X: ... not found".
+    if let Subject::Create {
+        network: Some(network),
+        ..
+    } = subject
+    {
+        if lower.contains("could not attach to network") && lower.contains("not found") {
+            return RuntimeError::NetworkNotFound((*network).to_owned());
+        }
+    }
     match (status, subject) {
         (404, Subject::Create { image, network, .. }) => {
             if lower.contains("network") {
@@ -415,7 +435,10 @@ fn map_status(status: u16, message: String, subject: &Subject<'_>) -> RuntimeErr
             }
         }
         (404, Subject::Container(id)) => RuntimeError::NotFound((*id).to_owned()),
-        (409, Subject::Create { name, .. }) if lower.contains("already in use") => {
+        (409, Subject::Create { name, .. })
+            if lower.contains("already in use")
+                || lower.contains("conflicts with an existing object") =>
+        {
             RuntimeError::NameConflict((*name).to_owned())
         }
         _ => RuntimeError::Other(format!("{status}: {message}")),
@@ -450,7 +473,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn since_now() -> String {
+pub(super) fn since_now() -> String {
     let ms = Timestamp::now().millis();
     // Docker takes `seconds.nanoseconds`.
     format!("{}.{:03}000000", ms.div_euclid(1000), ms.rem_euclid(1000))
@@ -492,6 +515,19 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         host_config: Some(HostConfig {
             port_bindings: Some(bindings),
             network_mode: spec.network.clone(),
+            memory: spec.limits.memory_bytes,
+            nano_cpus: spec.limits.nano_cpus,
+            cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
+            devices: (!spec.devices.is_empty()).then(|| {
+                spec.devices
+                    .iter()
+                    .map(|path| DeviceMapping {
+                        path_on_host: Some(path.clone()),
+                        path_in_container: Some(path.clone()),
+                        cgroup_permissions: Some("rwm".into()),
+                    })
+                    .collect()
+            }),
             ..Default::default()
         }),
         // `container:<name>` joins another container's namespace: there is
@@ -606,6 +642,7 @@ fn info_from_inspect(response: ContainerInspectResponse) -> ContainerInfo {
         labels: to_btree(config.labels),
         ports,
         networks: networks_of(settings.networks),
+        task: None,
     }
 }
 
@@ -650,10 +687,11 @@ fn info_from_summary(summary: ContainerSummary) -> ContainerInfo {
             .collect(),
         networks: networks_of(summary.network_settings.and_then(|n| n.networks)),
         health: None,
+        task: None,
     }
 }
 
-fn event_from_message(message: EventMessage) -> Option<RuntimeEvent> {
+pub(super) fn event_from_message(message: EventMessage) -> Option<RuntimeEvent> {
     if message
         .typ
         .is_some_and(|t| t != EventMessageTypeEnum::CONTAINER)
@@ -692,6 +730,7 @@ mod tests {
     use bollard::models::{EventActor, PortSummary, PortSummaryTypeEnum};
 
     use super::*;
+    use crate::runtime::ResourceLimits;
 
     fn create_subject() -> Subject<'static> {
         Subject::Create {
@@ -713,6 +752,15 @@ mod tests {
         );
         assert_eq!(
             map_status(404, "network acestream not found".into(), &create_subject()),
+            RuntimeError::NetworkNotFound("acestream".into())
+        );
+        // The same on a daemon in swarm mode.
+        assert_eq!(
+            map_status(
+                500,
+                "Could not attach to network acestream: rpc error: code = NotFound desc = network acestream not found".into(),
+                &create_subject()
+            ),
             RuntimeError::NetworkNotFound("acestream".into())
         );
         assert_eq!(
@@ -790,10 +838,21 @@ mod tests {
             labels: BTreeMap::new(),
             ports: vec![],
             network: Some("container:gluetun".into()),
+            cap_add: vec!["NET_ADMIN".into()],
+            devices: vec!["/dev/net/tun".into()],
+            limits: ResourceLimits::default(),
         };
         let body = serde_json::to_value(create_body(&spec)).unwrap();
         assert_eq!(body["HostConfig"]["NetworkMode"], "container:gluetun");
         assert!(body["NetworkingConfig"].is_null(), "{body}");
+        assert_eq!(
+            body["HostConfig"]["CapAdd"],
+            serde_json::json!(["NET_ADMIN"])
+        );
+        assert_eq!(
+            body["HostConfig"]["Devices"][0]["PathOnHost"],
+            "/dev/net/tun"
+        );
     }
 
     #[test]
@@ -811,6 +870,11 @@ mod tests {
                 },
             ],
             network: Some("acestream".into()),
+            limits: ResourceLimits {
+                memory_bytes: Some(512 << 20),
+                nano_cpus: Some(1_500_000_000),
+            },
+            ..Default::default()
         };
         let body = serde_json::to_value(create_body(&spec)).unwrap();
         assert_eq!(body["Env"][0], "CONF=--http-port=40000\n--bind-all");
@@ -827,6 +891,8 @@ mod tests {
         assert!(body["NetworkingConfig"]["EndpointsConfig"]
             .get("acestream")
             .is_some());
+        assert_eq!(body["HostConfig"]["Memory"], 512 << 20);
+        assert_eq!(body["HostConfig"]["NanoCpus"], 1_500_000_000i64);
     }
 
     #[test]

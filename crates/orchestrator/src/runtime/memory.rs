@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 
 use super::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ContainerStatus, EventStream, Label,
-    RuntimeError, RuntimeEvent, RuntimeEventKind,
+    RuntimeError, RuntimeEvent, RuntimeEventKind, TaskPlacement,
 };
 use crate::engine_client::{Probe, ProbeOutcome};
 use crate::time::Timestamp;
@@ -87,6 +87,16 @@ impl MemoryRuntime {
         }
     }
 
+    /// What Swarm would report for a service: its status and current task
+    /// (a new task, its node down, ...). Emits nothing: the caller sends the
+    /// event it wants to test with.
+    pub fn set_task(&self, id: &str, status: ContainerStatus, task: Option<TaskPlacement>) {
+        if let Some(info) = self.state.lock().containers.get_mut(id) {
+            info.status = status;
+            info.task = task;
+        }
+    }
+
     /// Adds a running container as if started by hand or by a previous run.
     pub fn add_running(&self, spec: ContainerSpec) -> ContainerInfo {
         let info = self.insert(spec);
@@ -107,6 +117,7 @@ impl MemoryRuntime {
             ports: spec.ports,
             networks: BTreeMap::new(),
             health: None,
+            task: None,
         };
         state.created.push(spec.name);
         state.containers.insert(info.id.clone(), info.clone());

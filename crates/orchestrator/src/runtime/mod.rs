@@ -1,6 +1,8 @@
 //! Where engine containers run. Everything above this layer sees a
 //! [`ContainerRuntime`] behind an `Arc<dyn ContainerRuntime>`; only
-//! [`docker`] knows about the Docker Engine API (through `bollard`).
+//! [`docker`] (containers on one host) and [`swarm`] (one Docker Swarm
+//! service per engine, on any node) know about the Docker Engine API (through
+//! `bollard`). `RUNTIME` picks one.
 //!
 //! The trait uses boxed futures and streams instead of `async fn`, so that it
 //! can be used as a trait object without extra crates.
@@ -19,8 +21,10 @@ use crate::time::Timestamp;
 
 pub mod docker;
 pub mod memory;
+pub mod swarm;
 
 pub use docker::DockerRuntime;
+pub use swarm::SwarmRuntime;
 
 /// A Docker label written `key=value`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,7 +40,7 @@ impl fmt::Display for Label {
 }
 
 /// A container to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerSpec {
     /// Container name (`engine-3`); the runtime refuses a name already in use
     /// with [`RuntimeError::NameConflict`].
@@ -48,6 +52,20 @@ pub struct ContainerSpec {
     pub ports: Vec<PortMapping>,
     /// Network to attach the container to instead of the default bridge.
     pub network: Option<String>,
+    /// Linux capabilities to add (`NET_ADMIN` for a VPN client).
+    pub cap_add: Vec<String>,
+    /// Host devices given to the container at the same path (`/dev/net/tun`).
+    pub devices: Vec<String>,
+    /// Memory and CPU caps (`ENGINE_MEMORY_LIMIT`, `ENGINE_CPU_LIMIT`).
+    pub limits: ResourceLimits,
+}
+
+/// Caps on what one container may use; `None` is no cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceLimits {
+    pub memory_bytes: Option<i64>,
+    /// Billionths of a CPU core, as Docker counts them (1.5 cores = 1_500_000_000).
+    pub nano_cpus: Option<i64>,
 }
 
 /// A container TCP port and the host port it is published on.
@@ -147,6 +165,25 @@ pub struct ContainerInfo {
     /// `starting`), when it has one and the runtime says (inspect only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// Where a Swarm service's current task runs; `None` for a plain
+    /// container. It changes when Swarm reschedules the engine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskPlacement>,
+}
+
+/// A Swarm service's current task (the one Swarm wants running) and its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskPlacement {
+    pub task_id: String,
+    /// Task state as Swarm names it (`pending`, `starting`, `running`, ...).
+    pub state: String,
+    /// Swarm's word on the task (`started`, `no suitable node ...`).
+    pub message: String,
+    pub node_id: String,
+    /// The node's hostname (its id when unknown).
+    pub node: String,
+    /// `ready`, `down`, `disconnected` or `unknown`.
+    pub node_state: String,
 }
 
 impl ContainerInfo {
@@ -176,6 +213,10 @@ pub enum RuntimeEventKind {
     Destroy,
     Pause,
     Unpause,
+    /// Where containers run changed: a Swarm service was created or updated,
+    /// a node joined, left or changed state. `container_id` names the
+    /// service or node.
+    Placement,
 }
 
 /// A lifecycle event of a managed container.
@@ -320,6 +361,7 @@ mod tests {
             ],
             networks: BTreeMap::new(),
             health: None,
+            task: None,
         };
         assert_eq!(info.host_port(40000), Some(19000));
         assert_eq!(info.host_port(45000), None);

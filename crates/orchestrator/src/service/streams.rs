@@ -64,7 +64,7 @@ impl Orchestrator {
     }
 
     /// How many players read a proxied stream now (memory only).
-    pub fn set_viewers(&self, stream_id: &str, viewers: u32) {
+    pub fn set_viewers(&self, stream_id: &str, viewers: crate::domain::ViewersByKind) {
         if self.registry.write().set_viewers(stream_id, viewers) {
             self.changed();
         }

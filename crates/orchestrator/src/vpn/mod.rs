@@ -11,11 +11,13 @@
 //! engines are checked at once and rejoin.
 
 pub mod client;
+pub mod credentials;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use parking_lot::RwLock;
 use serde::Serialize;
@@ -35,8 +37,12 @@ use client::{ControlClient, ControlError, NodeReport};
 /// The VPN settings, from the configuration.
 #[derive(Debug, Clone)]
 pub struct VpnSettings {
-    /// Container names of the Gluetun nodes.
+    /// Container names of the static Gluetun nodes (`GLUETUN_CONTAINER_NAME`,
+    /// `GLUETUN_CONTAINERS`).
     pub nodes: Vec<String>,
+    /// Nodes are also created on demand (`VPN_CONFIGS_DIR`): they join and
+    /// leave the checked set at run time.
+    pub on_demand: bool,
     pub api_key: Option<String>,
     /// The control server's port inside the node (Gluetun's default 8000).
     pub control_port: u16,
@@ -60,8 +66,22 @@ pub struct NodeCheck {
     pub error: Option<String>,
 }
 
+/// Where a node comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    /// Named in the configuration; the orchestrator never creates or removes it.
+    Static,
+    /// Created by the orchestrator with a credential of `VPN_CONFIGS_DIR`.
+    OnDemand,
+}
+
 #[derive(Debug, Clone)]
 struct Node {
+    kind: NodeKind,
+    /// The credential leased to an on-demand node (its file name without
+    /// `.conf`; never the key).
+    credential: Option<String>,
     container_id: Option<String>,
     control_url: Option<String>,
     docker_health: Option<String>,
@@ -78,6 +98,8 @@ struct Node {
 impl Default for Node {
     fn default() -> Self {
         Self {
+            kind: NodeKind::Static,
+            credential: None,
             container_id: None,
             control_url: None,
             docker_health: None,
@@ -138,6 +160,11 @@ pub struct NodeView {
 pub struct NodeSummary {
     /// The node's container name.
     pub name: String,
+    /// `static` (configured) or `on_demand` (created with a credential).
+    pub kind: NodeKind,
+    /// The credential an on-demand node holds (the name of its file in
+    /// `VPN_CONFIGS_DIR`, without `.conf`): its lease.
+    pub credential: Option<String>,
     pub health_status: HealthStatus,
     pub health_since: Option<Timestamp>,
     pub last_health_check: Option<Timestamp>,
@@ -225,7 +252,53 @@ impl Vpn {
     }
 
     pub fn enabled(&self) -> bool {
-        !self.settings.nodes.is_empty()
+        !self.settings.nodes.is_empty() || self.settings.on_demand
+    }
+
+    /// The static nodes, in configuration order.
+    pub fn static_nodes(&self) -> &[String] {
+        &self.settings.nodes
+    }
+
+    /// Starts checking a node the orchestrator created (or adopted) with
+    /// `credential`.
+    pub fn add_node(&self, name: &str, credential: &str) {
+        self.nodes
+            .write()
+            .entry(name.to_owned())
+            .or_insert_with(|| Node {
+                kind: NodeKind::OnDemand,
+                credential: Some(credential.to_owned()),
+                ..Node::default()
+            });
+        self.orch.notify_changed();
+    }
+
+    /// Stops checking a node the orchestrator removed; it is forgotten.
+    pub fn remove_node(&self, name: &str) {
+        let removed = self.nodes.write().remove(name).is_some();
+        if removed {
+            self.orch.set_node_down(name, None);
+            self.orch.set_node_forwarded_port(name, None);
+            self.orch
+                .metrics
+                .vpn_node_healthy
+                .remove(&crate::metrics::NodeLabel {
+                    node: name.to_owned(),
+                });
+            self.orch.notify_changed();
+        }
+    }
+
+    /// A node's health and since when, with its last error.
+    pub fn node_health(
+        &self,
+        name: &str,
+    ) -> Option<(HealthStatus, Option<Timestamp>, Option<String>)> {
+        self.nodes
+            .read()
+            .get(name)
+            .map(|n| (n.status, n.since, n.last_error.clone()))
     }
 
     /// Finds the node's container and asks its control server.
@@ -460,7 +533,7 @@ impl Vpn {
 
     /// Checks every node, all at once.
     pub async fn check_all(&self) {
-        let names = self.settings.nodes.clone();
+        let names: Vec<String> = self.nodes.read().keys().cloned().collect();
         stream::iter(names)
             .for_each_concurrent(None, |name| async move { self.check(&name).await })
             .await;
@@ -471,7 +544,7 @@ impl Vpn {
         if !self.enabled() {
             return;
         }
-        tracing::info!(nodes = ?self.settings.nodes, interval_s = self.settings.interval.as_secs_f64(), "VPN monitor started");
+        tracing::info!(nodes = ?self.settings.nodes, on_demand = self.settings.on_demand, interval_s = self.settings.interval.as_secs_f64(), "VPN monitor started");
         let mut ticker = tokio::time::interval(self.settings.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -524,10 +597,23 @@ impl Vpn {
 
     /// The first node, in the Python orchestrator's shape.
     pub fn status(&self) -> VpnStatus {
-        let Some(name) = self.settings.nodes.first() else {
+        // The first static node, else the first node created on demand.
+        let first = self
+            .settings
+            .nodes
+            .first()
+            .cloned()
+            .or_else(|| self.nodes.read().keys().next().cloned());
+        let Some(name) = first.as_ref() else {
+            // On demand without a node yet: enabled, nothing running.
             return VpnStatus {
-                enabled: false,
-                status: "disabled".into(),
+                enabled: self.enabled(),
+                status: if self.enabled() {
+                    "unknown"
+                } else {
+                    "disabled"
+                }
+                .into(),
                 container_name: None,
                 health: None,
                 forwarded_port: None,
@@ -538,7 +624,7 @@ impl Vpn {
         let nodes = self.nodes.read();
         let node = nodes.get(name).cloned().unwrap_or_default();
         VpnStatus {
-            enabled: true,
+            enabled: self.enabled(),
             status: match node.status {
                 HealthStatus::Healthy => "running",
                 HealthStatus::Unhealthy => "down",
@@ -559,6 +645,8 @@ impl Vpn {
 fn summary(name: &str, node: &Node) -> NodeSummary {
     NodeSummary {
         name: name.to_owned(),
+        kind: node.kind,
+        credential: node.credential.clone(),
         health_status: node.status,
         health_since: node.since,
         last_health_check: node.last_check,
@@ -579,22 +667,27 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// Waits until the engine carries no stream (the proxy moves its streams once
 /// it is drained or its node is down; others end), bounded by [`DRAIN_LIMIT`],
 /// then removes it and starts a new engine in its place.
-async fn recreate(pool: Arc<Pool>, id: String, reason: String) {
-    let orch = pool.orchestrator().clone();
-    orch.set_engine_draining(&id, Some(reason.clone()));
-    let until = Instant::now() + DRAIN_LIMIT;
-    while Instant::now() < until {
-        let busy = orch.read(|r| r.engine(&id).is_some() && r.active_streams_of(&id) > 0);
-        if !busy {
-            break;
+/// Boxed: a recreation may create a VPN node, whose wait checks the node,
+/// whose check may start recreations (the compiler cannot see through that
+/// cycle otherwise).
+pub(crate) fn recreate(pool: Arc<Pool>, id: String, reason: String) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let orch = pool.orchestrator().clone();
+        orch.set_engine_draining(&id, Some(reason.clone()));
+        let until = Instant::now() + DRAIN_LIMIT;
+        while Instant::now() < until {
+            let busy = orch.read(|r| r.engine(&id).is_some() && r.active_streams_of(&id) > 0);
+            if !busy {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    if let Err(e) = pool.remove(&id, &reason).await {
-        tracing::warn!(engine = %id, error = %e, "could not remove the engine to recreate");
-        return;
-    }
-    if let Err(e) = pool.provision_engine(Default::default()).await {
-        tracing::warn!(engine = %id, error = %e, "could not start the engine's replacement");
-    }
+        if let Err(e) = pool.remove(&id, &reason).await {
+            tracing::warn!(engine = %id, error = %e, "could not remove the engine to recreate");
+            return;
+        }
+        if let Err(e) = pool.provision_engine(Default::default()).await {
+            tracing::warn!(engine = %id, error = %e, "could not start the engine's replacement");
+        }
+    })
 }

@@ -6,43 +6,41 @@
 //! its Content-Security-Policy makes the browser enforce that.
 //!
 //! Live updates come from `GET /panel/events`, a server-sent event stream that
-//! sends a snapshot of the pool when it opens and again after registry changes
-//! (at most one every [`THROTTLE`]). `GET /panel/snapshot` answers the same
-//! snapshot as plain JSON, for the page's polling fallback.
+//! sends a snapshot of the pool when it opens and then deltas, only what
+//! changed, at most one every [`THROTTLE`] ([`feed`] says how). `GET
+//! /panel/snapshot` answers the same snapshot as plain JSON, or with
+//! `?since=` the deltas after a version, for the page's polling fallback.
 
-use std::collections::BTreeMap;
+mod feed;
+
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::error::{ApiError, AppPath};
 use super::AppState;
-use crate::domain::StreamStatus;
-use crate::registry::Registry;
-use crate::service::Orchestrator;
 use crate::time::Timestamp;
-use crate::vpn::{engines_behind_in, NodeSummary, Vpn};
+use crate::vpn::NodeSummary;
 
-/// Snapshots are sent at most this often: a health sweep over many engines
-/// changes the registry once per engine, and the page needs one picture of the
-/// result, not one per probe.
-pub const THROTTLE: Duration = Duration::from_millis(300);
+pub use feed::{snapshot_of, Feed, RECENT_CHECKS};
+
+/// Deltas are sent at most this often: a health sweep over many engines
+/// changes the registry once per engine, and the page needs one message per
+/// burst, not one per probe.
+pub const THROTTLE: Duration = Duration::from_millis(500);
 
 /// A comment line this often keeps proxies and browsers from timing out an idle
 /// stream.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
-
-/// How many of an engine's newest checks a snapshot carries, for the strip that
-/// makes a flapping engine visible at a glance.
-pub const RECENT_CHECKS: usize = 30;
 
 /// How long the browser waits before reconnecting a dropped event stream.
 const RECONNECT: Duration = Duration::from_secs(2);
@@ -76,6 +74,8 @@ const ASSETS: &[Asset] = &[
     asset!("view.js", "text/javascript; charset=utf-8"),
     asset!("chart.js", "text/javascript; charset=utf-8"),
     asset!("format.js", "text/javascript; charset=utf-8"),
+    asset!("store.js", "text/javascript; charset=utf-8"),
+    asset!("pool.js", "text/javascript; charset=utf-8"),
     asset!("style.css", "text/css; charset=utf-8"),
 ];
 
@@ -184,173 +184,288 @@ pub async fn asset(
 /// One check in a snapshot's `recent_checks`: enough to draw the strip and to
 /// say in a tooltip why a check failed.
 #[derive(Serialize, utoipa::ToSchema)]
-struct RecentCheck<'a> {
+#[allow(dead_code)] // The shape of the JSON, for the OpenAPI document.
+struct RecentCheck {
     ts: Timestamp,
     ok: bool,
     /// Why the check failed; absent when it passed.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    error: Option<&'a str>,
+    error: Option<String>,
 }
 
-/// The pool as the dashboard shows it, taken under one lock so its parts agree.
-/// [`snapshot_json`] writes it without building this value (it splices in the
-/// JSON of `GET /engines`); this type is its shape, for the OpenAPI document.
+/// The pool as the dashboard shows it, at one version of the feed. The feed
+/// writes it from its model; this type is its shape, for the OpenAPI document.
 #[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
 pub struct PanelSnapshot<'a> {
-    /// When the snapshot was taken (the server's clock).
+    /// The feed's version of this picture: give it back as `Last-Event-ID`,
+    /// `If-None-Match` or `?since=` to get only what changed after it.
+    #[schema(example = "19ad7c1f2e3-42")]
+    version: String,
+    /// When the picture was taken (the server's clock).
     generated_at: Timestamp,
-    /// Exactly what `GET /engines` answers.
+    /// How many recent checks per engine the page keeps (30).
+    recent_checks_max: usize,
+    /// What `GET /engines` answered when the picture was taken.
     engines: Vec<crate::registry::EngineView<'a>>,
     /// The started streams, newest first.
     streams: Vec<&'a crate::domain::Stream>,
     /// Per `container_id`, the engine's newest health checks (up to 30), newest first.
-    recent_checks: BTreeMap<String, Vec<RecentCheck<'a>>>,
+    recent_checks: BTreeMap<String, Vec<RecentCheck>>,
     /// The VPN nodes, as `GET /vpn/nodes` shows them without their check and
     /// transition histories (only the newest transition); empty without VPN.
     vpn_nodes: Vec<NodeSummary>,
 }
 
-/// The dashboard's picture of the pool, as JSON:
-///
-/// ```json
-/// {"generated_at": TS, "engines": [Engine…], "streams": [Stream…],
-///  "recent_checks": {"<container_id>": [{"ts": TS, "ok": true, "error"?: "…"}…]},
-///  "vpn_nodes": [NodeSummary…]}
-/// ```
-///
-/// `engines` is byte for byte what `GET /engines` answers, `streams` are the
-/// started streams (newest first) and `recent_checks` are each engine's newest
-/// checks, newest first. Built under the caller's read lock in one pass, with
-/// no await in between, so the three parts agree with each other. `vpn_nodes`
-/// are taken by the caller before the lock (a node's check takes the node
-/// lock, then the registry's); their `engines` are filled here, from this
-/// registry.
-pub fn snapshot_json(
-    registry: &Registry,
-    now: Timestamp,
-    mut vpn_nodes: Vec<NodeSummary>,
-) -> serde_json::Result<String> {
-    for node in &mut vpn_nodes {
-        node.engines = engines_behind_in(registry, &node.name);
-    }
-    let engines = registry.engines_json(now)?;
-    let streams = registry.streams(Some(StreamStatus::Started), None);
-    let recent: BTreeMap<String, Vec<RecentCheck<'_>>> = registry
-        .probe_targets()
-        .into_iter()
-        .filter_map(|target| {
-            let history = registry.health_history(&target.engine_id)?;
-            let checks = history
-                .checks
-                .iter()
-                .take(RECENT_CHECKS)
-                .map(|c| RecentCheck {
-                    ts: c.ts,
-                    ok: c.ok,
-                    error: c.error.as_deref(),
-                })
-                .collect();
-            Some((target.engine_id, checks))
-        })
-        .collect();
-
-    // `engines` is already JSON; splice it in rather than parse it back.
-    let mut out = Vec::with_capacity(engines.len() + 256 * (streams.len() + recent.len()) + 64);
-    out.extend_from_slice(br#"{"generated_at":"#);
-    serde_json::to_writer(&mut out, &now)?;
-    out.extend_from_slice(br#","engines":"#);
-    out.extend_from_slice(&engines);
-    out.extend_from_slice(br#","streams":"#);
-    serde_json::to_writer(&mut out, &streams)?;
-    out.extend_from_slice(br#","recent_checks":"#);
-    serde_json::to_writer(&mut out, &recent)?;
-    out.extend_from_slice(br#","vpn_nodes":"#);
-    serde_json::to_writer(&mut out, &vpn_nodes)?;
-    out.push(b'}');
-    // serde_json writes UTF-8 only.
-    Ok(String::from_utf8(out).unwrap_or_default())
+/// What changed between two versions of the feed (see docs/DASHBOARD.md).
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct PanelDelta {
+    /// The version this delta leads to.
+    version: String,
+    /// The server's clock in milliseconds since 1970; check ages count back from it.
+    t: i64,
+    generated_at: Timestamp,
+    /// Per engine id: the whole engine when new, the changed fields when
+    /// known, `null` when removed. A `last_health_check` left out of a patch
+    /// is the time of the engine's newest check in `checks`.
+    #[schema(value_type = Option<Object>)]
+    engines: Option<serde_json::Value>,
+    /// Per engine id, its new checks, newest first: `[age_ms, ok (1/0), error?]`.
+    #[schema(value_type = Option<Object>)]
+    checks: Option<serde_json::Value>,
+    /// Per stream id, like `engines`.
+    #[schema(value_type = Option<Object>)]
+    streams: Option<serde_json::Value>,
+    /// Per node name, like `engines`.
+    #[schema(value_type = Option<Object>)]
+    vpn_nodes: Option<serde_json::Value>,
 }
 
-/// Takes a snapshot under the read lock. A plain function, so that the lock
-/// guard cannot live across an await of the event stream.
-fn take_snapshot(orch: &Orchestrator, vpn: &Vpn) -> Result<String, ApiError> {
-    // Before the registry's lock, never under it: see `snapshot_json`.
-    let nodes = vpn.summaries();
-    orch.read(|registry| snapshot_json(registry, Timestamp::now(), nodes))
-        .map_err(|e| ApiError::Internal(e.to_string()))
+/// The answer to `GET /panel/snapshot?since=`: the deltas after that version.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct PanelDeltas {
+    /// The version after the last delta.
+    version: String,
+    /// Oldest first; empty when nothing changed.
+    deltas: Vec<PanelDelta>,
 }
 
-/// `GET /panel/snapshot`: the snapshot the event stream sends, once.
-#[utoipa::path(
-    get, path = "/panel/snapshot", tag = "panel", operation_id = "panelSnapshot",
-    summary = "One snapshot",
-    description = "What `GET /panel/events` sends, once: the dashboard polls it while the event stream is unavailable.",
-    responses((status = 200, description = "The pool now.", body = PanelSnapshot)),
-)]
-pub async fn snapshot(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let body = take_snapshot(&state.orch, &state.vpn)?;
-    Ok((
+/// Publishes what changed, off the async workers (a reading of thousands of
+/// engines takes milliseconds of CPU).
+async fn advance(feed: &Arc<Feed>, state: &AppState) {
+    let (feed, orch, vpn) = (feed.clone(), state.orch.clone(), state.vpn.clone());
+    let _ = tokio::task::spawn_blocking(move || feed.advance(&orch, &vpn)).await;
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SnapshotQuery {
+    /// A `version` the page holds: answer the deltas after it
+    /// (`{"version", "deltas"}`), or the whole snapshot when the server no
+    /// longer has them (or the version is not one of this server run).
+    since: Option<String>,
+}
+
+fn json_response(body: String, etag: &str) -> Response {
+    let mut response = (
         [
             (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-store"),
+            (header::CACHE_CONTROL, "no-cache"),
         ],
         body,
     )
-        .into_response())
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
 }
 
-fn snapshot_event(orch: &Orchestrator, vpn: &Vpn) -> Event {
-    match take_snapshot(orch, vpn) {
-        Ok(json) => Event::default().event("snapshot").data(json),
-        // Never expected (the registry always serializes); the page shows it.
-        Err(error) => Event::default().event("failure").data(error.to_string()),
+/// `GET /panel/snapshot`: the snapshot the event stream starts with, or the
+/// deltas after `?since=`.
+#[utoipa::path(
+    get, path = "/panel/snapshot", tag = "panel", operation_id = "panelSnapshot",
+    summary = "One snapshot, or what changed since a version",
+    description = "What `GET /panel/events` sends first: the dashboard polls it while the event stream is unavailable. The `ETag` is the version: with `If-None-Match` naming the current version the answer is 304 without a body. With `?since=VERSION` the answer is `{\"version\", \"deltas\"}`, the deltas after that version, or the whole snapshot when the server no longer has them (a different server run, or too far behind).",
+    params(SnapshotQuery),
+    responses(
+        (status = 200, description = "The pool now, or the deltas after `since`.", body = PanelSnapshot),
+        (status = 304, description = "`If-None-Match` names the current version: nothing changed."),
+    ),
+)]
+pub async fn snapshot(
+    State(state): State<AppState>,
+    Query(query): Query<SnapshotQuery>,
+    request_headers: HeaderMap,
+) -> Response {
+    let feed = state.panel.clone();
+    advance(&feed, &state).await;
+    let current = feed.current_token();
+    let unchanged = request_headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| {
+            tags.split(',')
+                .any(|t| t.trim().trim_start_matches("W/").trim_matches('"') == current)
+        });
+    if unchanged {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(value) = HeaderValue::from_str(&format!("\"{current}\"")) {
+            response.headers_mut().insert(header::ETAG, value);
+        }
+        return response;
+    }
+    let (answer, token) = match query.since.as_deref() {
+        Some(since) => feed.catch_up(Some(since)),
+        None => {
+            let (snapshot, token) = feed.snapshot();
+            (feed::Catchup::Snapshot(snapshot), token)
+        }
+    };
+    let body = match answer {
+        feed::Catchup::Snapshot(snapshot) => snapshot.to_string(),
+        feed::Catchup::Deltas(deltas) => {
+            let mut body = format!(r#"{{"version":"{token}","deltas":["#);
+            for (i, delta) in deltas.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                body.push_str(delta);
+            }
+            body.push_str("]}");
+            body
+        }
+    };
+    json_response(body, &token)
+}
+
+/// One SSE event of the feed, with its version as the event id (the browser
+/// sends the last one back as `Last-Event-ID` when it reconnects).
+fn feed_event(kind: &str, data: &str, version: &str) -> Event {
+    Event::default().event(kind).id(version).data(data)
+}
+
+/// What one dashboard's event stream remembers.
+struct Connection {
+    feed: Arc<Feed>,
+    state: AppState,
+    changes: tokio::sync::watch::Receiver<u64>,
+    /// The version the page has (after the events in `queue`).
+    known: Option<String>,
+    /// Events ready to send.
+    queue: VecDeque<Event>,
+    last_sent: Option<Instant>,
+    first: bool,
+}
+
+impl Connection {
+    /// Queues what the page needs to reach the feed's current version.
+    fn catch_up(&mut self) {
+        let (answer, token) = self.feed.catch_up(self.known.as_deref());
+        match answer {
+            feed::Catchup::Snapshot(snapshot) => {
+                self.queue
+                    .push_back(feed_event("snapshot", &snapshot, &token));
+            }
+            feed::Catchup::Deltas(deltas) => {
+                let count = deltas.len();
+                for (i, delta) in deltas.iter().enumerate() {
+                    // Only the last one's version is needed as an id, but
+                    // each carries its own in its JSON as well.
+                    let id = if i + 1 == count {
+                        token.clone()
+                    } else {
+                        delta_version(delta).unwrap_or_else(|| token.clone())
+                    };
+                    self.queue.push_back(feed_event("delta", delta, &id));
+                }
+            }
+        }
+        self.known = Some(token);
     }
 }
 
-/// The event stream: a snapshot at once, then one after each burst of
-/// changes (the registry's, and what the dashboard shows of VPN nodes, see
-/// [`Orchestrator::notify_changed`]), no closer together than [`THROTTLE`].
-fn snapshots(
-    orch: Arc<Orchestrator>,
-    vpn: Arc<Vpn>,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    let changes = orch.watch_changes();
-    futures::stream::unfold(
-        (orch, vpn, changes, None::<Instant>),
-        |(orch, vpn, mut changes, last_sent)| async move {
-            let event = match last_sent {
-                // The first event also tells the browser how soon to reconnect.
-                None => snapshot_event(&orch, &vpn).retry(RECONNECT),
-                Some(last_sent) => {
-                    // Ends the stream if the orchestrator itself is gone.
-                    changes.changed().await.ok()?;
-                    // Changes that arrive while we wait are folded into one event.
-                    tokio::time::sleep_until(last_sent + THROTTLE).await;
-                    snapshot_event(&orch, &vpn)
-                }
-            };
-            // Everything up to now is in this snapshot.
-            changes.borrow_and_update();
-            Some((Ok(event), (orch, vpn, changes, Some(Instant::now()))))
-        },
-    )
+/// The `version` a delta names (its first field of that name).
+fn delta_version(delta: &str) -> Option<String> {
+    let start = delta.find(r#""version":""#)? + r#""version":""#.len();
+    let end = delta[start..].find('"')?;
+    Some(delta[start..start + end].to_owned())
 }
 
-/// `GET /panel/events`: server-sent events, each a `snapshot` (see
-/// [`snapshot_json`]), with a keep-alive comment every [`KEEP_ALIVE`].
+/// The event stream: a snapshot at once (or, for a page that reconnects with
+/// a `Last-Event-ID` the feed still has, the deltas it missed), then the
+/// deltas after each burst of changes (the registry's, and what the dashboard
+/// shows of VPN nodes, see [`crate::service::Orchestrator::notify_changed`]),
+/// no closer together than [`THROTTLE`].
+fn feed_stream(
+    state: AppState,
+    last_event_id: Option<String>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let connection = Connection {
+        feed: state.panel.clone(),
+        changes: state.orch.watch_changes(),
+        state,
+        known: last_event_id,
+        queue: VecDeque::new(),
+        last_sent: None,
+        first: true,
+    };
+    futures::stream::unfold(connection, |mut c| async move {
+        loop {
+            if let Some(event) = c.queue.pop_front() {
+                let event = if c.first {
+                    // The first event also tells the browser how soon to reconnect.
+                    c.first = false;
+                    event.retry(RECONNECT)
+                } else {
+                    event
+                };
+                c.last_sent = Some(Instant::now());
+                return Some((Ok(event), c));
+            }
+            if let Some(last_sent) = c.last_sent {
+                // Ends the stream if the orchestrator itself is gone.
+                c.changes.changed().await.ok()?;
+                // Changes that arrive while we wait are folded into one delta.
+                tokio::time::sleep_until(last_sent + THROTTLE).await;
+            }
+            c.changes.borrow_and_update();
+            advance(&c.feed, &c.state).await;
+            c.catch_up();
+            if c.queue.is_empty() {
+                // Nothing the page shows changed; wait for the next change.
+                c.last_sent.get_or_insert_with(Instant::now);
+            }
+        }
+    })
+}
+
+/// `GET /panel/events`: server-sent events, a `snapshot` then `delta`s, with
+/// a keep-alive comment every [`KEEP_ALIVE`].
 #[utoipa::path(
     get, path = "/panel/events", tag = "panel", operation_id = "panelEvents",
-    summary = "Live snapshots (server-sent events)",
-    description = "A `text/event-stream`. On connect it sends an event `snapshot` whose data is a `PanelSnapshot` (JSON on one line), then another after each change of the registry or of what it shows of a VPN node (health, error, public IP, country, forwarded port), at most one every 300 ms. A comment line `: keep-alive` follows 15 s of silence. The first event carries `retry: 2000` (reconnect after 2 s).",
+    summary = "Live updates (server-sent events)",
+    description = "A `text/event-stream`. On connect it sends an event `snapshot` whose data is a `PanelSnapshot` (JSON on one line), then an event `delta` (a `PanelDelta`: only the engines, checks, streams and VPN nodes that changed, with only their changed fields) after each burst of changes, at most one every 500 ms. Each event's `id` is its version: a browser that reconnects sends it back as `Last-Event-ID` and gets the deltas it missed, or a new `snapshot` when the server no longer has them. A comment line `: keep-alive` follows 15 s of silence. The first event carries `retry: 2000` (reconnect after 2 s).",
+    params(("Last-Event-ID" = Option<String>, Header, description = "The version the page has: resume after it.")),
     responses((status = 200, description = "The event stream; it stays open.", content(
-        (String = "text/event-stream", example = "retry: 2000\nevent: snapshot\ndata: {\"generated_at\":\"2026-11-28T03:27:46.123Z\",\"engines\":[],\"streams\":[],\"recent_checks\":{},\"vpn_nodes\":[]}\n\n"),
+        (String = "text/event-stream", example = "retry: 2000\nevent: snapshot\nid: 19ad7c1f2e3-0\ndata: {\"version\":\"19ad7c1f2e3-0\",\"generated_at\":\"2026-11-28T03:27:46.123Z\",\"recent_checks_max\":30,\"engines\":[],\"streams\":[],\"recent_checks\":{},\"vpn_nodes\":[]}\n\n"),
     ))),
 )]
-pub async fn events(State(state): State<AppState>) -> impl IntoResponse {
+pub async fn events(
+    State(state): State<AppState>,
+    request_headers: HeaderMap,
+) -> impl IntoResponse {
+    let last_event_id = request_headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let shutdown = state.shutdown.clone();
     let stream = futures::StreamExt::take_until(
-        snapshots(state.orch.clone(), state.vpn.clone()),
-        state.shutdown.clone().cancelled_owned(),
+        feed_stream(state, last_event_id),
+        shutdown.cancelled_owned(),
     );
     let sse = Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"));
     // Reverse proxies such as nginx buffer responses unless told not to, which
@@ -358,10 +473,20 @@ pub async fn events(State(state): State<AppState>) -> impl IntoResponse {
     ([("x-accel-buffering", "no")], sse)
 }
 
+/// Kept for the unit tests below: the snapshot of a registry without a feed.
+#[cfg(test)]
+fn snapshot_json(
+    registry: &crate::registry::Registry,
+    now: Timestamp,
+    vpn_nodes: Vec<NodeSummary>,
+) -> serde_json::Result<String> {
+    snapshot_of(registry, now, vpn_nodes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Limits;
+    use crate::registry::{Limits, Registry};
 
     #[test]
     fn every_asset_the_page_names_is_served() {
@@ -483,6 +608,8 @@ mod tests {
         }
         let node = NodeSummary {
             name: "vpn-a".into(),
+            kind: crate::vpn::NodeKind::OnDemand,
+            credential: Some("se-1".into()),
             health_status: crate::domain::HealthStatus::Unhealthy,
             health_since: Some(now),
             last_health_check: Some(now),
@@ -500,6 +627,8 @@ mod tests {
         let nodes = snapshot["vpn_nodes"].as_array().unwrap();
         assert_eq!(nodes.len(), 1);
         assert_eq!(nodes[0]["name"], "vpn-a");
+        assert_eq!(nodes[0]["kind"], "on_demand");
+        assert_eq!(nodes[0]["credential"], "se-1");
         assert_eq!(nodes[0]["health_status"], "unhealthy");
         assert_eq!(nodes[0]["engines"], serde_json::json!(["127.0.0.1:19023"]));
         assert!(nodes[0].get("checks").is_none(), "no check history");

@@ -1,14 +1,21 @@
-// The dashboard: keeps the latest snapshot of the pool, keeps it fresh, and
-// wires the operator's actions to the API.
+// The dashboard: keeps what it knows of the pool current, and wires the
+// operator's actions to the API.
 //
-// Freshness: the server pushes a snapshot over server-sent events
-// (GET /panel/events) whenever the registry changes. While that stream is down
-// (a proxy that does not pass it, a restart, or ?push=0 in the address), the
-// page polls GET /panel/snapshot at the interval the operator picked. Both carry
-// the same JSON, so there is one rendering path.
+// Freshness: the server sends one snapshot over server-sent events
+// (GET /panel/events), then deltas, only what changed. When the stream drops,
+// the browser reconnects with the last event's id and gets what it missed.
+// While the stream is down (a proxy that does not pass it, a restart, or
+// ?push=0 in the address), the page polls GET /panel/snapshot?since=VERSION
+// with If-None-Match: a 304 when nothing changed, else the deltas.
+//
+// Drawing: a delta only updates the store and notes what changed; the page is
+// redrawn at most once per animation frame, touching only changed map cells
+// and the cards of the visible page, so the main thread never blocks long.
 
 import { ApiError, apiKey, request, segment } from './api.js';
 import { learnServerTime, now } from './format.js';
+import { applyDelta, asSnapshot, createStore, loadSnapshot, streamList } from './store.js';
+import { createPool, renderPager, renderPool } from './pool.js';
 import {
   engineName, redrawStreamChart, renderConnection, renderDetail, renderEngines, renderKpis,
   renderStreams, renderVpnNodes, tickTimes, toast,
@@ -21,15 +28,38 @@ const PREFERENCES = { view: 'orchestrator.view', poll: 'orchestrator.pollSeconds
 const STATS_EVERY_MS = 3000;
 // As many samples as the orchestrator keeps by default (STATS_HISTORY_MAX).
 const STATS_KEPT = 720;
+// Detailed cards (or rows) per page, and streams per page.
+const ENGINES_PER_PAGE = { cards: 24, rows: 50 };
+const STREAMS_PER_PAGE = 10;
+
+// Main-thread tasks over 50 ms, as the browser reports them, for the browser
+// tests and curious operators (window.orchestratorPanel.longTasks).
+const longTasks = [];
+try {
+  new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) longTasks.push({ start: entry.startTime, duration: entry.duration });
+  }).observe({ type: 'longtask', buffered: true });
+} catch {
+  // Not supported: nothing to record.
+}
 
 const state = {
-  snapshot: null,
+  store: createStore(),
+  pool: createPool({ pageSize: ENGINES_PER_PAGE.cards }),
+  streamPage: 0,
+  streamSearch: '',
   source: null, // the EventSource while push is on
-  live: false, // a snapshot arrived over the event stream since it (re)opened
+  live: false, // a snapshot or delta arrived over the event stream since it (re)opened
   polling: null, // the running polling loop: { timer }
   stats: new Map(), // stream id -> { samples, lastFetch, busy }
   detailId: null, // engine shown in the detail dialog
   detailFetched: 0,
+  frame: 0, // the requested animation frame, 0 when none
+  redrawAll: true, // filters or the page changed: every cell and card
+  firstRender: null, // ms after navigation when the first snapshot was drawn
+  // ms after navigation: the first snapshot arrived; the first draw began.
+  timing: { snapshotArrived: null, drawStarted: null },
+  events: 0, // snapshots and deltas taken in
 };
 
 function preference(name, fallback) {
@@ -48,21 +78,89 @@ function savePreference(name, value) {
   }
 }
 
-// ---- snapshots ---------------------------------------------------------------
+// ---- the store and drawing ------------------------------------------------------
 
-function apply(snapshot) {
-  state.snapshot = snapshot;
-  learnServerTime(snapshot.generated_at);
-  renderKpis(snapshot);
-  renderVpnNodes(snapshot);
-  renderEngines(snapshot);
-  renderStreams(snapshot, samplesOf);
-  refreshStats(snapshot);
+function takeSnapshot(snapshot) {
+  loadSnapshot(state.store, snapshot);
+  state.events += 1;
+  state.redrawAll = true;
+  schedule();
+}
+
+function takeDelta(delta) {
+  applyDelta(state.store, delta);
+  state.events += 1;
+  schedule();
+}
+
+/** Draws at the next animation frame (once, however many deltas arrive before it). */
+function schedule() {
+  if (!state.frame) state.frame = requestAnimationFrame(draw);
+}
+
+function draw() {
+  state.frame = 0;
+  const store = state.store;
+  if (!store.generatedAt) return;
+  learnServerTime(store.generatedAt);
+  const all = state.redrawAll;
+  state.redrawAll = false;
+  if (state.timing.drawStarted === null) state.timing.drawStarted = performance.now();
+  const streamsChanged = store.changed.streams || all;
+  renderKpis(store);
+  if (store.changed.nodes || all) renderVpnNodes(store);
+  store.changed.nodes = false;
+  renderEngines(renderPool(state.pool, store, all), store);
+  if (streamsChanged) drawStreams();
+  store.changed.streams = false;
   if (state.detailId) refreshDetail(false);
+  if (state.firstRender === null) {
+    state.firstRender = performance.now();
+    document.body.dataset.rendered = 'true';
+  }
+}
+
+function drawStreams() {
+  const query = state.streamSearch;
+  const engines = state.store.engines;
+  const all = streamList(state.store);
+  const list = query
+    ? all.filter((s) => `${s.id} ${s.key} ${s.container_id} ${engines.has(s.container_id) ? engineName(engines.get(s.container_id)) : ''}`
+      .toLowerCase().includes(query))
+    : all;
+  const pages = Math.max(1, Math.ceil(list.length / STREAMS_PER_PAGE));
+  state.streamPage = Math.min(state.streamPage, pages - 1);
+  const start = state.streamPage * STREAMS_PER_PAGE;
+  const visible = list.slice(start, start + STREAMS_PER_PAGE);
+  renderStreams(visible, state.store, samplesOf);
+  renderPager($('streams-pager'), state.streamPage, pages);
+  const shown = all.length && list.length !== all.length ? `${list.length} of ${all.length} streams match` : '';
+  $('streams-shown').textContent = all.length && !list.length ? 'No stream matches the search.' : shown;
+  $('stream-tools').hidden = all.length <= STREAMS_PER_PAGE && !query;
+  refreshStats(visible);
 }
 
 function pollSeconds() {
   return Number($('poll-interval').value) || 5;
+}
+
+/** One poll: only what changed since the version the page has. */
+async function pollOnce() {
+  const version = state.store.version;
+  const headers = { Accept: 'application/json' };
+  if (version) headers['If-None-Match'] = `"${version}"`;
+  const path = version ? `/panel/snapshot?since=${encodeURIComponent(version)}` : '/panel/snapshot';
+  let response;
+  try {
+    response = await fetch(path, { headers, cache: 'no-store' });
+  } catch (error) {
+    throw new ApiError(0, `the orchestrator did not answer (${error.message})`);
+  }
+  if (response.status === 304) return;
+  if (!response.ok) throw new ApiError(response.status, `HTTP ${response.status}`);
+  const answer = await response.json();
+  if (Array.isArray(answer.deltas)) for (const delta of answer.deltas) takeDelta(delta);
+  else takeSnapshot(answer);
 }
 
 /** Starts polling unless it already runs. */
@@ -76,9 +174,9 @@ function startPolling(reason) {
   renderConnection('polling', label(), reason);
   const poll = async () => {
     try {
-      const snapshot = await request('GET', '/panel/snapshot');
       if (state.polling !== loop) return;
-      apply(snapshot);
+      await pollOnce();
+      if (state.polling !== loop) return;
       renderConnection('polling', label(), reason);
     } catch (error) {
       if (state.polling === loop) renderConnection('offline', 'Offline', error.message);
@@ -93,6 +191,13 @@ function stopPolling() {
   state.polling = null;
 }
 
+/** Versions are "<server run>-<number>": is `version` at or before the page's? */
+function isApplied(version) {
+  const [run, number] = String(version).split('-');
+  const [haveRun, haveNumber] = String(state.store.version).split('-');
+  return run === haveRun && Number(number) <= Number(haveNumber);
+}
+
 function connect() {
   const pushAllowed = new URLSearchParams(location.search).get('push') !== '0' && 'EventSource' in window;
   if (!pushAllowed) {
@@ -101,13 +206,24 @@ function connect() {
   }
   const source = new EventSource('/panel/events');
   state.source = source;
+  const goLive = () => {
+    if (state.live) return;
+    state.live = true;
+    stopPolling();
+    renderConnection('live', 'Live', 'Updates are pushed by the server');
+  };
   source.addEventListener('snapshot', (event) => {
-    if (!state.live) {
-      state.live = true;
-      stopPolling();
-      renderConnection('live', 'Live', 'Updates are pushed by the server');
-    }
-    apply(JSON.parse(event.data));
+    goLive();
+    if (state.timing.snapshotArrived === null) state.timing.snapshotArrived = performance.now();
+    takeSnapshot(JSON.parse(event.data));
+  });
+  source.addEventListener('delta', (event) => {
+    goLive();
+    const delta = JSON.parse(event.data);
+    // A poll may have brought the page past this delta while the stream was
+    // down; the server resumes after the stream's own last id, so skip what
+    // is already applied.
+    if (!isApplied(delta.version)) takeDelta(delta);
   });
   source.addEventListener('failure', (event) => toast(`Server: ${event.data}`, 'error'));
   source.addEventListener('error', () => {
@@ -128,9 +244,9 @@ function samplesOf(streamId) {
   return state.stats.get(streamId)?.samples ?? [];
 }
 
-/** Fetches new samples for the active streams (incrementally, with ?since=), forgets ended ones. */
-function refreshStats(snapshot) {
-  const active = new Set(snapshot.streams.map((s) => s.id));
+/** Fetches new samples for the visible streams (incrementally, with ?since=), forgets others. */
+function refreshStats(visible) {
+  const active = new Set(visible.map((s) => s.id));
   for (const id of state.stats.keys()) if (!active.has(id)) state.stats.delete(id);
   for (const id of active) {
     let entry = state.stats.get(id);
@@ -161,7 +277,7 @@ function refreshStats(snapshot) {
 // ---- engine detail -----------------------------------------------------------
 
 function engineById(id) {
-  return state.snapshot?.engines.find((e) => e.container_id === id);
+  return state.store.engines.get(id);
 }
 
 async function refreshDetail(force) {
@@ -259,16 +375,16 @@ async function stopStream(button, id) {
   });
 }
 
-/** Copies a proxied stream's player URL; where the clipboard is not available
- * (plain http from another machine), selects the text for Ctrl+C. */
-async function copyPlayerUrl(card) {
-  const code = card.querySelector('.player-url');
+/** Copies a proxied stream's player (or HLS) URL; where the clipboard is not
+ * available (plain http from another machine), selects the text for Ctrl+C. */
+async function copyPlayerUrl(card, selector = '.player-url', what = 'Player URL') {
+  const code = card.querySelector(selector);
   try {
     await navigator.clipboard.writeText(code.textContent);
-    toast('Player URL copied');
+    toast(`${what} copied`);
   } catch {
     getSelection().selectAllChildren(code);
-    toast('Player URL selected: press Ctrl+C to copy it');
+    toast(`${what} selected: press Ctrl+C to copy it`);
   }
 }
 
@@ -289,7 +405,62 @@ async function provision(button) {
 
 // ---- wiring --------------------------------------------------------------------
 
+/** Search, health and node filters, the pagers, and the map's cells. */
+function wireFilters() {
+  const redraw = () => {
+    state.redrawAll = true;
+    schedule();
+  };
+  const search = $('engine-search');
+  search.addEventListener('input', () => {
+    state.pool.search = search.value.trim().toLowerCase();
+    state.pool.page = 0;
+    redraw();
+  });
+  for (const button of document.querySelectorAll('#health-filter [data-health]')) {
+    button.addEventListener('click', () => {
+      state.pool.health = button.dataset.health;
+      state.pool.page = 0;
+      for (const other of document.querySelectorAll('#health-filter [data-health]')) {
+        other.setAttribute('aria-pressed', String(other === button));
+      }
+      redraw();
+    });
+  }
+  $('group-filter').addEventListener('change', (event) => {
+    state.pool.group = event.target.value;
+    state.pool.page = 0;
+    redraw();
+  });
+  $('engines-pager').addEventListener('click', (event) => {
+    const step = event.target.closest('[data-page]')?.dataset.page;
+    if (!step) return;
+    state.pool.page = Math.max(0, state.pool.page + (step === 'next' ? 1 : -1));
+    redraw();
+  });
+  $('streams-pager').addEventListener('click', (event) => {
+    const step = event.target.closest('[data-page]')?.dataset.page;
+    if (!step) return;
+    state.streamPage = Math.max(0, state.streamPage + (step === 'next' ? 1 : -1));
+    redraw();
+  });
+  const streamSearch = $('stream-search');
+  streamSearch.addEventListener('input', () => {
+    state.streamSearch = streamSearch.value.trim().toLowerCase();
+    state.streamPage = 0;
+    redraw();
+  });
+  // A cell of the map opens its engine's detail (hover shows its title).
+  $('pool-map').addEventListener('click', (event) => {
+    const cell = event.target.closest('.cell');
+    if (cell) openDetail(cell.dataset.id);
+  });
+}
+
 function setView(view) {
+  state.pool.pageSize = ENGINES_PER_PAGE[view] ?? ENGINES_PER_PAGE.cards;
+  state.redrawAll = true;
+  schedule();
   $('engines').classList.toggle('rows', view === 'rows');
   $('engines').classList.toggle('cards', view !== 'rows');
   for (const button of document.querySelectorAll('[data-view]')) {
@@ -319,6 +490,7 @@ function wire() {
     button.addEventListener('click', () => setView(button.dataset.view));
   }
 
+  wireFilters();
   $('check-all').addEventListener('click', (event) => checkAll(event.currentTarget));
   $('provision').addEventListener('click', (event) => provision(event.currentTarget));
 
@@ -336,6 +508,7 @@ function wire() {
     if (!button) return;
     if (button.dataset.action === 'stop') stopStream(button, button.closest('.stream').dataset.id);
     else if (button.dataset.action === 'copy') copyPlayerUrl(button.closest('.stream'));
+    else if (button.dataset.action === 'copy-hls') copyPlayerUrl(button.closest('.stream'), '.hls-url', 'HLS URL');
   });
 
   $('detail').addEventListener('close', () => {
@@ -353,4 +526,4 @@ wire();
 connect();
 
 // For the browser tests and curious operators: the state, read-only by convention.
-window.orchestratorPanel = { state, now };
+window.orchestratorPanel = { state, now, longTasks, asSnapshot: () => asSnapshot(state.store) };

@@ -61,24 +61,26 @@ function reconcile(container, items, key, create, update, skip = 0) {
   for (const stale of existing.values()) stale.remove();
 }
 
-const byName = new Intl.Collator(undefined, { numeric: true });
+import { engineName } from './pool.js';
 
-export function engineName(engine) {
-  return engine.container_name || engine.container_id;
-}
+export { engineName };
 
 // ---- KPIs ------------------------------------------------------------------
 
-export function renderKpis(snapshot) {
-  const total = snapshot.engines.length;
-  const healthy = snapshot.engines.filter((e) => e.health_status === 'healthy').length;
-  const unhealthy = snapshot.engines.filter((e) => e.health_status === 'unhealthy').length;
+export function renderKpis(store) {
+  const total = store.engines.size;
+  let healthy = 0;
+  let unhealthy = 0;
+  for (const e of store.engines.values()) {
+    if (e.health_status === 'healthy') healthy += 1;
+    else if (e.health_status === 'unhealthy') unhealthy += 1;
+  }
   setText($('kpi-engines'), String(total));
-  setText($('kpi-streams'), String(snapshot.streams.length));
+  setText($('kpi-streams'), String(store.streams.size));
   setText($('kpi-healthy'), `${healthy} / ${total} healthy`);
   $('kpi-health-box').dataset.health = unhealthy > 0 ? 'unhealthy' : healthy === total ? 'healthy' : 'unknown';
-  setText($('kpi-updated'), clock(snapshot.generated_at));
-  setTime($('kpi-updated-ago'), snapshot.generated_at);
+  setText($('kpi-updated'), clock(store.generatedAt));
+  setTime($('kpi-updated-ago'), store.generatedAt);
 }
 
 // ---- engines ---------------------------------------------------------------
@@ -181,6 +183,10 @@ function updateEngine(card, { engine, checks, nodes }) {
 
 /** One tick per recent check, oldest on the left: a flapping engine shows as a striped strip. */
 function renderStrip(strip, checksNewestFirst) {
+  // Redrawn only when a check came (or the engine's card shows another engine).
+  const signature = `${checksNewestFirst.length}|${checksNewestFirst[0]?.ts ?? ''}`;
+  if (strip.dataset.for === signature) return;
+  strip.dataset.for = signature;
   const checks = [...checksNewestFirst].reverse();
   while (strip.children.length > checks.length) strip.lastElementChild.remove();
   while (strip.children.length < checks.length) strip.append(el('span', 'tick'));
@@ -195,18 +201,15 @@ function renderStrip(strip, checksNewestFirst) {
     : 'Not checked yet');
 }
 
-export function renderEngines(snapshot) {
+/** Draws the engines of the current page (already filtered and sorted, see pool.js). */
+export function renderEngines(visible, store) {
   const container = $('engines');
-  // By name, "engine-2" before "engine-10": a stable order, so cards do not
-  // jump around when their health changes.
-  const nodes = new Map((snapshot.vpn_nodes ?? []).map((n) => [n.name, n]));
-  const items = snapshot.engines
-    .map((engine) => ({ engine, checks: snapshot.recent_checks?.[engine.container_id] ?? [], nodes }))
-    .sort((a, b) => byName.compare(engineName(a.engine), engineName(b.engine))
-      || byName.compare(a.engine.container_id, b.engine.container_id));
+  const items = visible.map((engine) => ({
+    engine, checks: store.checks.get(engine.container_id) ?? [], nodes: store.nodes,
+  }));
   // The first child is the header row of the "rows" layout.
   reconcile(container, items, (item) => item.engine.container_id, createEngine, updateEngine, 1);
-  $('engines-empty').hidden = items.length > 0;
+  $('engines-empty').hidden = store.engines.size > 0;
 }
 
 // ---- VPN nodes ---------------------------------------------------------------
@@ -223,6 +226,7 @@ function createNode(node, id) {
   card.append(
     head,
     field('Public IP', el('span', 'public-ip')),
+    field('Credential', el('span', 'node-credential')),
     field('Forwarded port', el('span', 'forwarded-port')),
     field('Healthy for', timeEl('since node-since')),
     field('Container health', el('span', 'docker-health')),
@@ -241,6 +245,13 @@ function updateNode(card, { node, engines }) {
   card.querySelector('.badge').title = `${node.health_status}${node.health_since ? ` since ${fullTime(node.health_since)}` : ''}${reason}`;
   const ip = node.public_ip ? `${node.public_ip}${node.country ? ` (${node.country})` : ''}` : '–';
   setText(card.querySelector('.public-ip'), ip);
+  // A node the orchestrator created shows the credential it leases; a
+  // configured one says so.
+  const credential = card.querySelector('.node-credential');
+  setText(credential, node.kind === 'on_demand' ? (node.credential ?? '–') : 'static node');
+  credential.title = node.kind === 'on_demand'
+    ? `Created on demand with the WireGuard credential ${node.credential}.conf of VPN_CONFIGS_DIR`
+    : 'Named in GLUETUN_CONTAINER_NAME / GLUETUN_CONTAINERS';
   setText(card.querySelector('.forwarded-port'), node.forwarded_port == null ? '–' : String(node.forwarded_port));
   const sinceEl = card.querySelector('.node-since');
   setText(sinceEl.parentElement.querySelector('.label'), down ? 'Down for' : node.health_status === 'healthy' ? 'Healthy for' : 'Unknown for');
@@ -250,8 +261,11 @@ function updateNode(card, { node, engines }) {
   setText(card.querySelector('.error'), node.health_status === 'healthy' ? '' : node.last_health_error || '');
 
   const list = card.querySelector('.node-engine-list');
-  const items = node.engines.map((id) => ({ id, engine: engines.get(id) }));
-  const signature = `${down}|${items.map(({ id, engine }) => `${id}:${engine ? `${engineName(engine)}:${engine.health_status}` : ''}`).join('|')}`;
+  // A node may carry hundreds of engines: name the first few, count the rest
+  // (the pool map shows them all).
+  const items = node.engines.slice(0, NODE_ENGINES_NAMED).map((id) => ({ id, engine: engines.get(id) }));
+  const more = node.engines.length - items.length;
+  const signature = `${down}|${more}|${items.map(({ id, engine }) => `${id}:${engine ? `${engineName(engine)}:${engine.health_status}` : ''}`).join('|')}`;
   if (list.dataset.for === signature) return;
   list.dataset.for = signature;
   const entries = items.map(({ id, engine }) => {
@@ -265,13 +279,16 @@ function updateNode(card, { node, engines }) {
     if (down) item.append(el('span', 'vpn-down', 'VPN down'));
     return item;
   });
+  if (more > 0) entries.push(el('li', 'more', `and ${more} more`));
   if (!entries.length) entries.push(el('li', 'empty', 'None'));
   list.replaceChildren(...entries);
 }
 
-export function renderVpnNodes(snapshot) {
-  const nodes = snapshot.vpn_nodes ?? [];
-  const engines = new Map(snapshot.engines.map((e) => [e.container_id, e]));
+const NODE_ENGINES_NAMED = 12;
+
+export function renderVpnNodes(store) {
+  const nodes = [...store.nodes.values()];
+  const engines = store.engines;
   $('vpn').hidden = nodes.length === 0;
   reconcile($('vpn-nodes'), nodes.map((node) => ({ node, engines })), (item) => item.node.name, createNode, updateNode);
 }
@@ -307,6 +324,14 @@ function createStream(stream, id) {
   const playerValue = el('div', 'player-value');
   playerValue.append(el('code', 'player-url'), copy);
   player.append(el('span', 'label', 'Player URL'), playerValue);
+  // The same stream as HLS (`/ace/manifest.m3u8`), for phones, TVs and browsers.
+  const hls = el('div', 'field player player-hls');
+  const copyHls = el('button', 'copy copy-hls', 'Copy');
+  copyHls.type = 'button';
+  copyHls.dataset.action = 'copy-hls';
+  const hlsValue = el('div', 'player-value');
+  hlsValue.append(el('code', 'hls-url'), copyHls);
+  hls.append(el('span', 'label', 'HLS URL'), hlsValue);
   // Failovers: a count badge that opens the list.
   const failovers = el('details', 'failovers');
   const summary = el('summary');
@@ -318,8 +343,9 @@ function createStream(stream, id) {
     field('Engine', el('span', 'engine-name')),
     field('Started', el('span', 'started')),
     field('Duration', timeEl('since duration')),
-    field('Viewers', el('span', 'viewers')),
+    field('Viewers', viewersValue()),
     player,
+    hls,
     failovers,
     el('div', 'links'),
     createChart(),
@@ -341,11 +367,31 @@ export function playerUrl(stream) {
   return `${location.origin}/ace/getstream?${parameter}=${encodeURIComponent(stream.key)}`;
 }
 
+/** The HLS address of a proxied stream, or null. */
+export function hlsUrl(stream) {
+  if (!isProxied(stream) || !stream.play?.hls) return null;
+  return `${location.origin}${stream.play.hls}`;
+}
+
+/** The viewer count and, beside it, the count by kind. */
+function viewersValue() {
+  const value = el('span', 'viewers-value');
+  value.append(el('span', 'viewers'), el('span', 'viewer-kinds'));
+  return value;
+}
+
 /** "3 viewers", "1 viewer"; "–" for a stream of another proxy, which the orchestrator cannot count. */
 function viewersText(stream) {
   const n = stream.viewers ?? 0;
   if (n === 0 && !isProxied(stream)) return '–';
   return `${n} viewer${n === 1 ? '' : 's'}`;
+}
+
+/** " (2 TS, 1 HLS)"; empty without viewers. */
+function viewerKindsText(stream) {
+  const kinds = stream.viewers_by_kind;
+  const parts = kinds ? [[kinds.ts, 'TS'], [kinds.hls, 'HLS']].filter(([k]) => k > 0) : [];
+  return parts.length ? ` (${parts.map(([k, name]) => `${k} ${name}`).join(', ')})` : '';
 }
 
 function renderFailovers(details, failovers, names) {
@@ -383,10 +429,15 @@ function updateStream(card, { stream, engine, samples, names }) {
   setTime(card.querySelector('.duration'), stream.started_at);
   card.dataset.proxied = String(isProxied(stream));
   setText(card.querySelector('.viewers'), viewersText(stream));
+  setText(card.querySelector('.viewer-kinds'), viewerKindsText(stream));
   const url = playerUrl(stream);
   card.querySelector('.player').hidden = !url;
   setText(card.querySelector('.player-url'), url ?? '');
   card.querySelector('.copy').setAttribute('aria-label', `Copy the player URL of ${stream.id}`);
+  const hls = hlsUrl(stream);
+  card.querySelector('.player-hls').hidden = !hls;
+  setText(card.querySelector('.hls-url'), hls ?? '');
+  card.querySelector('.copy-hls').setAttribute('aria-label', `Copy the HLS URL of ${stream.id}`);
   renderFailovers(card.querySelector('.failovers'), stream.failovers ?? [], names);
   const links = card.querySelector('.links');
   if (links.dataset.for !== `${stream.stat_url}|${stream.command_url}`) {
@@ -396,18 +447,21 @@ function updateStream(card, { stream, engine, samples, names }) {
   drawChart(card.querySelector('.chart'), samples);
 }
 
-/** `samplesOf(id)` answers the stat history the page holds for a stream, oldest first. */
-export function renderStreams(snapshot, samplesOf) {
-  const engines = new Map(snapshot.engines.map((e) => [e.container_id, e]));
-  const names = new Map(snapshot.engines.map((e) => [e.container_id, engineName(e)]));
-  const items = snapshot.streams.map((stream) => ({
+/**
+ * Draws the streams of the current page. `samplesOf(id)` answers the stat
+ * history the page holds for a stream, oldest first.
+ */
+export function renderStreams(visible, store, samplesOf) {
+  const engines = store.engines;
+  const names = { get: (id) => (engines.has(id) ? engineName(engines.get(id)) : undefined) };
+  const items = visible.map((stream) => ({
     stream,
     engine: engines.get(stream.container_id),
     samples: samplesOf(stream.id),
     names,
   }));
   reconcile($('streams'), items, (item) => item.stream.id, createStream, updateStream);
-  $('streams-empty').hidden = items.length > 0;
+  $('streams-empty').hidden = store.streams.size > 0;
 }
 
 /** Redraws one stream's chart after new statistics arrived. */
