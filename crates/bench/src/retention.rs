@@ -87,6 +87,9 @@ pub struct RetentionSummary {
     pub max_bytes_with_cleanup: u64,
     pub sizes: Vec<SizePoint>,
     pub before_start: MeasureOut,
+    /// How long counting the rows for `/metrics` took on that file (on the
+    /// read-only connection, every minute).
+    pub measure_ms: f64,
     pub startup_cleanup_seconds: f64,
     pub startup_removed_streams: f64,
     pub startup_removed_snapshots: f64,
@@ -94,6 +97,9 @@ pub struct RetentionSummary {
     pub after_start: MeasureOut,
     pub routes: Vec<RouteWindow>,
     pub orchestrator_warnings: Vec<String>,
+    /// The orchestrator's log lines about database jobs that held the writer
+    /// for 250 ms or more.
+    pub slow_jobs: Vec<String>,
 }
 
 #[derive(Serialize, Default, Clone)]
@@ -142,9 +148,9 @@ fn stream_ops(
     let mut stream = Stream {
         id: id.clone(),
         key_type: KeyType::Infohash,
-        key: format!("{:040x}", started),
+        key: id.split('|').next().unwrap_or(&id).to_owned(),
         container_id: engine.to_owned(),
-        playback_session_id: Some(format!("session-{id}")),
+        playback_session_id: id.split('|').nth(1).map(str::to_owned),
         stat_url: Some(format!("http://10.0.0.1:19000/ace/stat/{id}")),
         command_url: Some(format!("http://10.0.0.1:19000/ace/cmd/{id}")),
         is_live: true,
@@ -240,8 +246,11 @@ pub async fn run(cfg: RetentionConfig) -> anyhow::Result<RetentionSummary> {
             let n = summary.streams_written;
             let engine = &engine_ids[n as usize % engine_ids.len().max(1)];
             let at = hour_start + k * HOUR_MS / count.max(1);
+            // The id the service gives a stream without a `stream_id` label:
+            // `{infohash}|{playback_session_id}`, 73 characters, stored in
+            // every snapshot row and its index entry.
             let ops = stream_ops(
-                format!("stream-{n}"),
+                format!("{:040x}|{:032x}", n * 7_919 + 1, n * 104_729 + 3),
                 engine,
                 at,
                 cfg.snapshots_per_stream,
@@ -286,7 +295,7 @@ pub async fn run(cfg: RetentionConfig) -> anyhow::Result<RetentionSummary> {
                 summary.max_bytes_with_cleanup = summary.max_bytes_with_cleanup.max(bytes);
             }
             if day.is_multiple_of(15) || day == cfg.days {
-                let measure = store.measure().await?;
+                let measure = store.measure(true).await?;
                 let rows = measure
                     .rows
                     .iter()
@@ -312,7 +321,9 @@ pub async fn run(cfg: RetentionConfig) -> anyhow::Result<RetentionSummary> {
     summary.snapshot_rows_per_s = summary.snapshots_written as f64 / summary.write_seconds;
     summary.hourly_cleanups = cleanup_times.len();
     summary.hourly_cleanup = LatencyStats::from(cleanup_times);
-    summary.before_start = store.measure().await?.into();
+    let measuring = Instant::now();
+    summary.before_start = store.measure(true).await?.into();
+    summary.measure_ms = measuring.elapsed().as_secs_f64() * 1000.0;
     drop(store);
 
     // 2. The real binary on that file; clients measure while its start-up
@@ -456,11 +467,18 @@ pub async fn run(cfg: RetentionConfig) -> anyhow::Result<RetentionSummary> {
         });
     }
     summary.orchestrator_warnings = orch.tail.warnings().into_iter().take(5).collect();
+    summary.slow_jobs = orch
+        .tail
+        .text()
+        .lines()
+        .filter(|l| l.contains("held the writer"))
+        .map(str::to_owned)
+        .collect();
     orch.stop().await;
     sim.stop().await;
     // The binary is gone: measure the file as it left it.
     let (store, _) = Store::open(&db, retention, 0)?;
-    summary.after_start = store.measure().await?.into();
+    summary.after_start = store.measure(true).await?.into();
     drop(store);
     Ok(summary)
 }
@@ -532,6 +550,7 @@ pub fn print(s: &RetentionSummary) {
         );
     };
     show("before the binary started", &s.before_start);
+    println!("counting the rows for /metrics: {:.0} ms", s.measure_ms);
     println!(
         "start-up clean-up: {:.2} s, removed {} streams and {} snapshots, gave back {:.1} MiB",
         s.startup_cleanup_seconds,
@@ -558,6 +577,9 @@ pub fn print(s: &RetentionSummary) {
             cell(&r.after_cleanup),
             r.errors
         );
+    }
+    for line in &s.slow_jobs {
+        println!("slow: {line}");
     }
     for w in &s.orchestrator_warnings {
         println!("orchestrator warning: {w}");

@@ -186,7 +186,7 @@ pub struct Measure {
     pub wal_bytes: u64,
     /// Pages free inside the file (what an incremental vacuum gives back).
     pub free_bytes: u64,
-    /// Rows per table, in [`TABLES`] order.
+    /// Rows per table, in [`TABLES`] order (empty when not counted).
     pub rows: Vec<(&'static str, u64)>,
 }
 
@@ -405,16 +405,21 @@ impl Store {
     /// File sizes and row counts, read on a connection of its own (never
     /// through the writer): counting a large table takes a while, and the
     /// writer must not wait for it.
-    pub async fn measure(&self) -> Result<Measure, StoreError> {
+    /// `rows` empty unless `count_rows`.
+    pub async fn measure(&self, count_rows: bool) -> Result<Measure, StoreError> {
         let path = self.path.clone();
         let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || measure(&path, &reader))
+        tokio::task::spawn_blocking(move || measure(&path, &reader, count_rows))
             .await
             .map_err(|_| StoreError::Closed)?
     }
 }
 
-fn measure(path: &Path, reader: &Mutex<Option<Connection>>) -> Result<Measure, StoreError> {
+fn measure(
+    path: &Path,
+    reader: &Mutex<Option<Connection>>,
+    count_rows: bool,
+) -> Result<Measure, StoreError> {
     let mut guard = reader.lock();
     if guard.is_none() {
         let conn = Connection::open_with_flags(
@@ -428,7 +433,7 @@ fn measure(path: &Path, reader: &Mutex<Option<Connection>>) -> Result<Measure, S
         return Err(StoreError::Closed);
     };
     let mut rows = Vec::with_capacity(TABLES.len());
-    for table in TABLES {
+    for table in TABLES.into_iter().filter(|_| count_rows) {
         let count: i64 =
             conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
         rows.push((table, count.max(0) as u64));
@@ -511,6 +516,10 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // A checkpoint that finds the WAL larger than this (after a long read,
+    // a large clean-up step) truncates it back: the file does not keep its
+    // high-water mark.
+    conn.pragma_update(None, "journal_size_limit", 32 * 1024 * 1024)?;
     // Another process holding the lock (a backup, a sqlite3 shell) gets this
     // long; then the write fails and the API says 503 instead of hanging.
     // Writes queued meanwhile wait for the next attempt, so keep it short.
@@ -571,6 +580,8 @@ fn writer_loop(
             }
         }
         // A trim or flush with nothing new to write retries what failed.
+        let commit_started = std::time::Instant::now();
+        let committing = writes.iter().map(Vec::len).sum::<usize>();
         if !writes.is_empty() || !dirty.is_empty() {
             let retried = dirty.len();
             let result = apply_all(&mut conn, dirty.iter().chain(writes.iter()), &mut touched)
@@ -609,7 +620,10 @@ fn writer_loop(
                 let _ = ack.send(result.clone());
             }
         }
+        report_slow("commit", committing, commit_started);
         for job in others {
+            let started = std::time::Instant::now();
+            let kind = job.kind();
             match job {
                 Job::Trim { retention } => {
                     if let Err(error) = trim(&mut conn, retention, &mut touched) {
@@ -641,10 +655,40 @@ fn writer_loop(
                 }
                 Job::Write { .. } => {}
             }
+            report_slow(kind, 0, started);
         }
     }
     // Every sender is gone: checkpoint so the next start finds a compact file.
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+}
+
+/// A job that kept the writer (and so every queued write) waiting longer
+/// than this is logged: it is what acknowledged writes wait for.
+const SLOW_JOB: std::time::Duration = std::time::Duration::from_millis(250);
+
+fn report_slow(job: &'static str, ops: usize, started: std::time::Instant) {
+    let took = started.elapsed();
+    if took >= SLOW_JOB {
+        tracing::info!(
+            job,
+            ops,
+            took_ms = took.as_millis() as u64,
+            "a database job held the writer"
+        );
+    }
+}
+
+impl Job {
+    fn kind(&self) -> &'static str {
+        match self {
+            Job::Write { .. } => "write",
+            Job::Trim { .. } => "trim",
+            Job::Flush { .. } => "flush",
+            Job::Expire { .. } => "expire",
+            Job::Vacuum { .. } => "vacuum",
+            Job::Checkpoint { .. } => "checkpoint",
+        }
+    }
 }
 
 /// History owners written since the last trim.
@@ -1365,7 +1409,7 @@ mod tests {
         let after = std::fs::metadata(&path).unwrap().len();
         assert!(freed > 0);
         assert!(after < full / 2, "{full} -> {after}");
-        let measure = store.measure().await.unwrap();
+        let measure = store.measure(true).await.unwrap();
         assert_eq!(measure.main_bytes, after);
         assert_eq!(measure.free_bytes, 0);
         assert!(measure.rows.iter().all(|&(_, n)| n == 0), "{measure:?}");

@@ -295,6 +295,32 @@ fn engines_behind_a_down_vpn_node_are_not_selected_nor_replaced() {
 }
 
 #[test]
+fn streams_past_the_retention_are_forgotten_in_memory_and_started_ones_stay() {
+    let mut reg = Registry::new(Limits {
+        ended_streams_max: 10,
+        ..LIMITS
+    });
+    let (old, _) = reg
+        .stream_started(start("127.0.0.1", 19023, "old"), t(1))
+        .unwrap();
+    reg.stream_ended(None, Some(&old.id), None, t(100));
+    let (recent, _) = reg
+        .stream_started(start("127.0.0.1", 19023, "recent"), t(2))
+        .unwrap();
+    reg.stream_ended(None, Some(&recent.id), None, t(5_000));
+    let (playing, _) = reg
+        .stream_started(start("127.0.0.1", 19023, "playing"), t(3))
+        .unwrap();
+
+    assert_eq!(reg.forget_ended_before(t(1_000)), 1);
+    assert!(reg.stream(&old.id).is_none());
+    assert!(reg.stats(&old.id, None).is_none());
+    assert!(reg.stream(&recent.id).is_some());
+    assert!(reg.stream(&playing.id).is_some());
+    assert_eq!(reg.forget_ended_before(t(1_000)), 0);
+}
+
+#[test]
 fn a_listing_written_in_pieces_is_the_whole_listing() {
     let mut reg = Registry::new(LIMITS);
     for port in 1..=10u16 {
