@@ -566,6 +566,25 @@ async fn the_dashboard_shows_the_pool_and_follows_it_live() {
             json!([format!("{stream_card} path.down")]),
         )
         .await;
+    // The chart goes on growing while the stream's record stays the same:
+    // statistics are not in the feed, so the page must fetch them itself.
+    let drawn = browser
+        .js(
+            "return ((document.querySelector(arguments[0])?.getAttribute('d') || '').match(/L/g) || []).length;",
+            json!([format!("{stream_card} path.down")]),
+        )
+        .await
+        .as_u64()
+        .unwrap();
+    browser
+        .wait(
+            "the stream's chart to go on drawing new samples",
+            Duration::from_secs(15),
+            "const d = document.querySelector(arguments[0])?.getAttribute('d') || '';
+             return (d.match(/L/g) || []).length > arguments[1];",
+            json!([format!("{stream_card} path.down"), drawn]),
+        )
+        .await;
     let caption = browser.text(&format!("{stream_card} figcaption")).await;
     assert!(
         caption.contains("KB/s") && caption.contains("peers"),

@@ -52,6 +52,7 @@ const state = {
   live: false, // a snapshot or delta arrived over the event stream since it (re)opened
   polling: null, // the running polling loop: { timer }
   stats: new Map(), // stream id -> { samples, lastFetch, busy }
+  visibleStreams: [], // the streams on the current page, whose charts are fed
   detailId: null, // engine shown in the detail dialog
   detailFetched: 0,
   frame: 0, // the requested animation frame, 0 when none
@@ -137,6 +138,7 @@ function drawStreams() {
   const shown = all.length && list.length !== all.length ? `${list.length} of ${all.length} streams match` : '';
   $('streams-shown').textContent = all.length && !list.length ? 'No stream matches the search.' : shown;
   $('stream-tools').hidden = all.length <= STREAMS_PER_PAGE && !query;
+  state.visibleStreams = visible;
   refreshStats(visible);
 }
 
@@ -523,6 +525,10 @@ function wire() {
 
   // "ago" texts age between snapshots.
   setInterval(tickTimes, 1000);
+  // A stream's statistics are not in the feed: with deltas, a stream whose
+  // record does not change is not redrawn, so its chart is fed on a timer
+  // (refreshStats itself keeps to STATS_EVERY_MS per stream).
+  setInterval(() => refreshStats(state.visibleStreams), 1000);
 }
 
 wire();
