@@ -11,33 +11,6 @@ use serde_json::Value;
 
 const CONTENT: &str = "0123456789abcdef0123456789abcdef01234567";
 
-async fn open_streams(sim: &Sim) -> u64 {
-    sim.state().await["engines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["open_streams"].as_u64().unwrap_or(0))
-        .sum()
-}
-
-async fn streams_asked(sim: &Sim) -> u64 {
-    sim.state().await["engines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["streams_total"].as_u64().unwrap_or(0))
-        .sum()
-}
-
-async fn started(orch: &Orch) -> Vec<Value> {
-    orch.get("/streams?status=started")
-        .await
-        .1
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 /// `(seq, duration, discontinuity before it)` of every segment of a playlist.
 fn segments(playlist: &str) -> Vec<(u64, f64, bool)> {
     let mut out = Vec::new();
@@ -171,7 +144,7 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
         "one HLS and one TS viewer on the stream",
         Duration::from_secs(30),
         || async {
-            let s = started(&orch).await;
+            let s = orch.started_streams().await;
             (s.len() == 1
                 && s[0]["viewers_by_kind"]["hls"] == 1
                 && s[0]["viewers_by_kind"]["ts"] == 1)
@@ -185,8 +158,8 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
         format!("/ace/manifest.m3u8?id={CONTENT}"),
         "{stream}"
     );
-    assert_eq!(open_streams(&sim).await, 1, "one engine stream for both");
-    assert_eq!(streams_asked(&sim).await, 1, "the engine was asked once");
+    assert_eq!(sim.open_streams().await, 1, "one engine stream for both");
+    assert_eq!(sim.streams_asked().await, 1, "the engine was asked once");
 
     // Our own viewer: every segment's duration matches its #EXTINF, and
     // each decodes alone.
@@ -233,7 +206,7 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
         after.last().unwrap().0 > listed.last().unwrap().0 && after.iter().any(|s| s.2),
         "the media sequence goes on across the discontinuity: {playlist}"
     );
-    let moved = started(&orch).await;
+    let moved = orch.started_streams().await;
     assert_ne!(moved[0]["container_id"], engine.as_str(), "{moved:?}");
 
     // The TS player leaves: HLS viewers alone keep the session (the linger is
@@ -243,7 +216,7 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
         "the stream to count HLS viewers only",
         Duration::from_secs(5),
         || async {
-            let s = started(&orch).await;
+            let s = orch.started_streams().await;
             (s.len() == 1
                 && s[0]["viewers_by_kind"]["ts"] == 0
                 && s[0]["viewers_by_kind"]["hls"].as_u64() >= Some(1))
@@ -304,13 +277,13 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
     wait_for(
         "the session to end once nobody fetches",
         Duration::from_secs(30),
-        || async { started(&orch).await.is_empty().then_some(()) },
+        || async { orch.started_streams().await.is_empty().then_some(()) },
     )
     .await;
     wait_for(
         "the engine's stream to close",
         Duration::from_secs(10),
-        || async { (open_streams(&sim).await == 0).then_some(()) },
+        || async { (sim.open_streams().await == 0).then_some(()) },
     )
     .await;
     let (status, _) = orch

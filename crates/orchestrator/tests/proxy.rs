@@ -66,25 +66,6 @@ impl Player {
     }
 }
 
-async fn open_streams(sim: &Sim) -> u64 {
-    let state = sim.state().await;
-    state["engines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["open_streams"].as_u64().unwrap_or(0))
-        .sum()
-}
-
-async fn started(orch: &Orch) -> Vec<Value> {
-    orch.get("/streams?status=started")
-        .await
-        .1
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 /// Whether `capture` (after the two packets of PAT/PMT a joining player gets
 /// first) is found in `reference` and agrees with it wherever both have bytes.
 fn same_stream(reference: &[u8], capture: &[u8]) -> bool {
@@ -154,7 +135,7 @@ async fn viewers_share_one_session_and_survive_a_hung_engine() {
     )
     .await;
     assert_eq!(
-        open_streams(&sim).await,
+        sim.open_streams().await,
         1,
         "one engine stream for 50 players"
     );
@@ -186,7 +167,7 @@ async fn viewers_share_one_session_and_survive_a_hung_engine() {
         "the stream to show its viewers",
         Duration::from_secs(5),
         || async {
-            let s = started(&orch).await;
+            let s = orch.started_streams().await;
             (s.len() == 1 && s[0]["viewers"] == 50).then_some(s)
         },
     )
@@ -252,13 +233,13 @@ async fn viewers_share_one_session_and_survive_a_hung_engine() {
     wait_for(
         "the session to end after the linger",
         Duration::from_secs(10),
-        || async { started(&orch).await.is_empty().then_some(()) },
+        || async { orch.started_streams().await.is_empty().then_some(()) },
     )
     .await;
     wait_for(
         "the engine's stream to close",
         Duration::from_secs(10),
-        || async { (open_streams(&sim).await == 0).then_some(()) },
+        || async { (sim.open_streams().await == 0).then_some(()) },
     )
     .await;
     let metrics = reqwest::get(orch.url("/metrics"))
@@ -322,7 +303,7 @@ async fn bad_requests_and_no_engine_get_clear_answers() {
         .unwrap();
     assert_eq!(head.status(), 200);
     assert_eq!(head.headers()["content-type"], "video/mp2t");
-    assert!(started(&orch).await.is_empty());
+    assert!(orch.started_streams().await.is_empty());
 }
 
 /// An orchestrator and `count` emulated engines streaming the test video,
@@ -357,7 +338,7 @@ async fn setup(
 
 /// The engine the only started stream is on, and its index.
 async fn serving(orch: &Orch, ids: &[String]) -> (String, usize) {
-    let s = started(orch).await;
+    let s = orch.started_streams().await;
     assert_eq!(s.len(), 1, "{s:?}");
     let engine = s[0]["container_id"].as_str().unwrap().to_owned();
     let index = ids.iter().position(|id| *id == engine).unwrap();
@@ -370,7 +351,7 @@ async fn moved_from(orch: &Orch, from: &str) -> Value {
         "the stream to move to another engine",
         Duration::from_secs(15),
         || async {
-            let s = started(orch).await;
+            let s = orch.started_streams().await;
             (s.len() == 1
                 && s[0]["container_id"] != from
                 && !s[0]["failovers"].as_array().unwrap().is_empty())
@@ -528,7 +509,7 @@ async fn players_leaving_in_every_phase_leave_nothing_behind() {
             .iter()
             .map(|e| e["reservations"].as_u64().unwrap_or(0))
             .sum();
-        (started(&orch).await.is_empty() && reserved == 0 && open_streams(&sim).await == 0)
+        (orch.started_streams().await.is_empty() && reserved == 0 && sim.open_streams().await == 0)
             .then_some(())
     };
 
@@ -607,5 +588,5 @@ async fn a_content_the_engines_refuse_is_a_502_and_no_engine_is_blamed() {
         assert_eq!(engine["health_status"], "healthy", "{engine}");
         assert_eq!(engine["reservations"], 0, "{engine}");
     }
-    assert!(started(&orch).await.is_empty());
+    assert!(orch.started_streams().await.is_empty());
 }

@@ -609,22 +609,7 @@ mod tests {
         let mut p = video(cc, key.then_some(pts * 300), 9, u32::from(cc));
         p[1] |= 0x40;
         let at = if key { 12 } else { 4 };
-        let header = [
-            0,
-            0,
-            1,
-            0xe0,
-            0,
-            0,
-            0x80,
-            0x80,
-            5,
-            0x21 | ((pts >> 29) as u8 & 0x0e),
-            (pts >> 22) as u8,
-            ((pts >> 14) as u8 & 0xfe) | 1,
-            (pts >> 7) as u8,
-            ((pts << 1) as u8) | 1,
-        ];
+        let header = pes_header(pts);
         p[at..at + header.len()].copy_from_slice(&header);
         p
     }

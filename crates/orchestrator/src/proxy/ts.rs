@@ -326,6 +326,26 @@ pub(crate) mod testing {
     pub const PMT_PID: u16 = 0x1000;
     pub const VIDEO_PID: u16 = 0x0100;
 
+    /// The start of a video PES header carrying `pts` (33 bits, PTS only).
+    pub fn pes_header(pts: u64) -> [u8; 14] {
+        [
+            0,
+            0,
+            1,
+            0xe0,
+            0,
+            0,
+            0x80,
+            0x80,
+            5,
+            0x21 | ((pts >> 29) as u8 & 0x0e),
+            (pts >> 22) as u8,
+            ((pts >> 14) as u8 & 0xfe) | 1,
+            (pts >> 7) as u8,
+            ((pts << 1) as u8) | 1,
+        ]
+    }
+
     fn header(pid: u16, pusi: bool, afc: u8, cc: u8) -> [u8; PACKET_SIZE] {
         let mut p = [0xFFu8; PACKET_SIZE];
         p[0] = SYNC_BYTE;
@@ -479,22 +499,7 @@ mod tests {
         let mut p = video(0, None, 0, 0);
         p[1] |= 0x40; // payload_unit_start
         let pts: u64 = (1 << 32) + 123_456;
-        let pes = [
-            0,
-            0,
-            1,
-            0xe0,
-            0,
-            0,
-            0x80,
-            0x80,
-            5,
-            0x21 | ((pts >> 29) as u8 & 0x0e),
-            (pts >> 22) as u8,
-            ((pts >> 14) as u8 & 0xfe) | 1,
-            (pts >> 7) as u8,
-            ((pts << 1) as u8) | 1,
-        ];
+        let pes = pes_header(pts);
         p[4..4 + pes.len()].copy_from_slice(&pes);
         assert_eq!(pes_pts(&p), Some(pts));
         assert_eq!(pes_pts(&video(0, None, 0, 0)), None);

@@ -153,6 +153,26 @@ impl Sim {
             .expect("sim state json")
     }
 
+    /// Sum of one number of every engine of this emulator's state.
+    async fn engines_total(&self, field: &str) -> u64 {
+        self.state().await["engines"]
+            .as_array()
+            .expect("sim state has engines")
+            .iter()
+            .map(|e| e[field].as_u64().unwrap_or(0))
+            .sum()
+    }
+
+    /// Playback streams open on this emulator's engines right now.
+    pub async fn open_streams(&self) -> u64 {
+        self.engines_total("open_streams").await
+    }
+
+    /// Playback streams ever asked of this emulator's engines.
+    pub async fn streams_asked(&self) -> u64 {
+        self.engines_total("streams_total").await
+    }
+
     /// A real crash: the process dies, connections are refused.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
@@ -170,6 +190,16 @@ pub struct Orch {
 }
 
 impl Orch {
+    /// `GET /streams?status=started`.
+    pub async fn started_streams(&self) -> Vec<Value> {
+        self.get("/streams?status=started")
+            .await
+            .1
+            .as_array()
+            .expect("a list of streams")
+            .clone()
+    }
+
     /// Starts with a fresh database in `dir` and fast health settings.
     pub async fn start(dir: &Path, env: &[(&str, &str)]) -> Orch {
         let db = dir.join("orchestrator.db");
