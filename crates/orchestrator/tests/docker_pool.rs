@@ -525,27 +525,13 @@ async fn the_stream_proxy_starts_an_engine_when_none_is_running_and_plays() {
     let (orch, cleanup) = start(dir.path(), "21200-21219", &[("MAX_REPLICAS", "2")]).await;
     assert!(cleanup.containers().is_empty());
     // A player with no engine anywhere: one is provisioned, then it plays.
-    let mut response = orch
+    let response = orch
         .client
         .get(orch.url("/ace/getstream?id=00112233445566778899aabbccddeeff00112233"))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "video/mp2t");
-    let mut received = Vec::new();
-    while received.len() < 200_000 {
-        let chunk = tokio::time::timeout(secs(10.0), response.chunk())
-            .await
-            .expect("bytes within 10 s")
-            .unwrap()
-            .expect("the stream goes on");
-        received.extend_from_slice(&chunk);
-    }
-    assert!(
-        received.chunks(188).all(|packet| packet[0] == 0x47),
-        "whole MPEG-TS packets from the first byte"
-    );
+    common::read_ts_stream(response).await;
     assert_eq!(cleanup.containers().len(), 1, "one engine was started");
     let (_, streams) = orch.get("/streams?status=started").await;
     assert_eq!(

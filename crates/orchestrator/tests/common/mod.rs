@@ -617,3 +617,25 @@ impl GluetunNode {
         );
     }
 }
+
+/// Reads the first 200 KB of a `/ace/getstream` answer: a 200 of
+/// `video/mp2t`, bytes within 10 s each, whole TS packets from the first
+/// byte. Answers what was read.
+pub async fn read_ts_stream(mut response: reqwest::Response) -> Vec<u8> {
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "video/mp2t");
+    let mut received = Vec::new();
+    while received.len() < 200_000 {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .expect("bytes within 10 s")
+            .unwrap()
+            .expect("the stream goes on");
+        received.extend_from_slice(&chunk);
+    }
+    assert!(
+        received.chunks(188).all(|packet| packet[0] == 0x47),
+        "whole MPEG-TS packets from the first byte"
+    );
+    received
+}
