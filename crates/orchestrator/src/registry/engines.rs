@@ -12,8 +12,16 @@ impl Registry {
             }
         }
         let host = canonical_host(host);
+        let key = (host.to_owned(), port);
+        let known = self.found_by_address.lock().get(&key).cloned();
+        if let Some(id) = known {
+            if let Some((key, _)) = self.engines.get_key_value(&id) {
+                return Some(key);
+            }
+        }
         let loopback = host == "127.0.0.1";
-        self.engines
+        let found = self
+            .engines
             .iter()
             .find(|(_, entry)| {
                 let e = &entry.engine;
@@ -22,22 +30,25 @@ impl Registry {
                         && e.runtime == RuntimeKind::Docker
                         && e.host_http_port() == Some(port))
             })
-            .map(|(id, _)| id.as_str())
+            .map(|(id, _)| id.as_str())?;
+        // Only hits are kept: at most two addresses per engine (its own and
+        // a published port), whatever unknown addresses events name.
+        self.found_by_address.lock().insert(key, found.to_owned());
+        Some(found)
+    }
+
+    /// Forgets the answers of [`Registry::find_engine`]: which engine an
+    /// address names may have changed.
+    fn addresses_changed(&mut self) {
+        self.found_by_address.get_mut().clear();
     }
 
     /// Adds an engine. `container_id` defaults to `"host:port"`.
     pub fn register(&mut self, engine: Engine) -> (String, Vec<WriteOp>) {
         let id = engine.container_id.clone();
         let ops = vec![WriteOp::UpsertEngine(Box::new(engine.clone()))];
-        self.engines.insert(
-            id.clone(),
-            EngineEntry {
-                engine,
-                active: BTreeSet::new(),
-                checks: VecDeque::new(),
-                transitions: VecDeque::new(),
-            },
-        );
+        self.engines.insert(id.clone(), EngineEntry::new(engine));
+        self.addresses_changed();
         (id, ops)
     }
 
@@ -86,6 +97,7 @@ impl Registry {
             .engines
             .remove(id)
             .ok_or_else(|| RegistryError::EngineNotFound(id.to_owned()))?;
+        self.addresses_changed();
         ops.push(WriteOp::DeleteEngine(id.to_owned()));
         Ok((entry.engine, ops))
     }
@@ -93,7 +105,7 @@ impl Registry {
     /// Adds an engine, or refreshes the address, name and labels of a known one
     /// (adoption after a restart finds engines the database already knew).
     pub fn upsert(&mut self, engine: Engine) -> Vec<WriteOp> {
-        match self.engines.get_mut(&engine.container_id) {
+        match self.entry_mut(&engine.container_id) {
             Some(entry) => {
                 let known = &mut entry.engine;
                 if known.host == engine.host
@@ -109,7 +121,9 @@ impl Registry {
                 known.container_name = engine.container_name;
                 known.labels = engine.labels;
                 known.runtime = engine.runtime;
-                vec![WriteOp::UpsertEngine(Box::new(known.clone()))]
+                let op = WriteOp::UpsertEngine(Box::new(known.clone()));
+                self.addresses_changed();
+                vec![op]
             }
             None => self.register(engine).1,
         }
@@ -233,7 +247,7 @@ impl Registry {
     /// changing its status.
     pub fn note(&mut self, id: &str, reason: String, now: Timestamp) -> Vec<WriteOp> {
         let max = self.limits.health_history_max;
-        let Some(entry) = self.engines.get_mut(id) else {
+        let Some(entry) = self.entry_mut(id) else {
             return Vec::new();
         };
         let status = entry.engine.health.status;

@@ -32,7 +32,7 @@ impl Registry {
     ) -> Option<(CheckRecorded, Vec<WriteOp>)> {
         let threshold = self.limits.failure_threshold;
         let history_max = self.limits.health_history_max;
-        let entry = self.engines.get_mut(id)?;
+        let entry = self.entry_mut(id)?;
         let health = &mut entry.engine.health;
         let before = health.status;
         if check.ok {

@@ -50,6 +50,23 @@ struct EngineEntry {
     active: BTreeSet<String>,
     checks: VecDeque<HealthCheck>,
     transitions: VecDeque<HealthTransition>,
+    /// The entry's `GET /engines` JSON up to its time-dependent fields,
+    /// written by the first listing after a change and copied by the next
+    /// ones (see `views.rs`). Every change goes through
+    /// [`Registry::entry_mut`], which clears it.
+    listed: std::sync::OnceLock<Box<[u8]>>,
+}
+
+impl EngineEntry {
+    fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            active: BTreeSet::new(),
+            checks: VecDeque::new(),
+            transitions: VecDeque::new(),
+            listed: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -196,6 +213,13 @@ pub struct Registry {
     /// Engines being drained before they are recreated, with why: out of the
     /// selection, and the proxy moves their streams.
     draining: BTreeMap<String, String>,
+    /// Answers of [`Registry::find_engine`]'s scan by address, so that an
+    /// event naming its engine by address costs a hash lookup, not a scan of
+    /// the pool (it was the largest item of an event's cost at 5,000
+    /// engines). Cleared whenever an engine is added or removed or its
+    /// address, labels or runtime change, so it always answers what the
+    /// scan would.
+    found_by_address: parking_lot::Mutex<HashMap<(String, u16), String>>,
 }
 
 impl Registry {
@@ -211,6 +235,7 @@ impl Registry {
             nodes_down: BTreeMap::new(),
             nodes_forwarded: BTreeMap::new(),
             draining: BTreeMap::new(),
+            found_by_address: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -226,20 +251,15 @@ impl Registry {
         } = loaded;
         for engine in engines {
             let id = engine.container_id.clone();
-            registry.engines.insert(
-                id.clone(),
-                EngineEntry {
-                    engine,
-                    active: BTreeSet::new(),
-                    checks: checks.remove(&id).unwrap_or_default(),
-                    transitions: transitions.remove(&id).unwrap_or_default(),
-                },
-            );
+            let mut entry = EngineEntry::new(engine);
+            entry.checks = checks.remove(&id).unwrap_or_default();
+            entry.transitions = transitions.remove(&id).unwrap_or_default();
+            registry.engines.insert(id, entry);
         }
         streams.sort_by_key(|s| (s.ended_at, s.started_at));
         for stream in streams {
             if stream.status == StreamStatus::Started {
-                match registry.engines.get_mut(&stream.container_id) {
+                match registry.entry_mut(&stream.container_id) {
                     Some(entry) => {
                         entry.active.insert(stream.id.clone());
                     }

@@ -75,8 +75,7 @@ impl Registry {
 
         self.consume_reservation(&engine_id, event.reservation_id.as_deref(), now);
         let entry = self
-            .engines
-            .get_mut(&engine_id)
+            .entry_mut(&engine_id)
             .ok_or_else(|| RegistryError::EngineNotFound(engine_id.clone()))?;
         if entry.active.is_empty() {
             entry.engine.usage.busy_since = Some(now);
@@ -134,7 +133,7 @@ impl Registry {
         stream_id: &str,
         now: Timestamp,
     ) -> Vec<WriteOp> {
-        let Some(entry) = self.engines.get_mut(engine_id) else {
+        let Some(entry) = self.entry_mut(engine_id) else {
             return Vec::new();
         };
         if !entry.active.remove(stream_id) {

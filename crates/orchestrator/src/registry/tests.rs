@@ -376,3 +376,110 @@ fn a_listing_written_in_pieces_is_the_whole_listing() {
         .collect();
     assert_eq!(ports, [3, 6, 9]);
 }
+
+/// The listing as `GET /engines` writes it (cached pieces).
+fn listing(reg: &Registry, now: Timestamp) -> serde_json::Value {
+    let (mut out, mut first) = (vec![b'['], true);
+    let next = reg
+        .append_engines_json(
+            now,
+            &EngineFilter::default(),
+            None,
+            1000,
+            &mut out,
+            &mut first,
+        )
+        .unwrap();
+    assert_eq!(next, None);
+    out.push(b']');
+    serde_json::from_slice(&out).unwrap()
+}
+
+/// The listing serialized from scratch, engine by engine.
+fn fresh_listing(reg: &Registry, now: Timestamp) -> serde_json::Value {
+    let reserved = reg.reservation_counts(now);
+    serde_json::to_value(
+        reg.engines
+            .values()
+            .map(|e| reg.view(e, now, &reserved))
+            .collect::<Vec<_>>(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_cached_listing_follows_every_change_to_an_engine() {
+    let mut reg = Registry::new(LIMITS);
+    for port in [1, 2] {
+        reg.register(Registry::new_external_engine(
+            "h",
+            port,
+            None,
+            None,
+            BTreeMap::new(),
+            t(0),
+        ));
+    }
+    let mut now = 10;
+    let mut same = |reg: &Registry, what: &str| {
+        now += 1000;
+        // Twice: the first fills the cache, the second copies it.
+        for _ in 0..2 {
+            assert_eq!(
+                listing(reg, t(now)),
+                fresh_listing(reg, t(now)),
+                "after {what}"
+            );
+        }
+    };
+    same(&reg, "registration");
+    reg.record_check("h:1", check(false, 20)).unwrap();
+    same(&reg, "a failed check");
+    reg.record_check("h:1", check(false, 30)).unwrap();
+    same(&reg, "a second failed check (unhealthy)");
+    let (stream, _) = reg.stream_started(start("h", 2, "k"), t(40)).unwrap();
+    same(&reg, "a stream started (busy time grows with the clock)");
+    reg.stream_ended(None, Some(&stream.id), Some("done"), t(50));
+    same(&reg, "the stream ended");
+    let mut relabelled = Registry::new_external_engine(
+        "h",
+        2,
+        None,
+        None,
+        BTreeMap::from([("k".into(), "v".into())]),
+        t(0),
+    );
+    relabelled.container_id = "h:2".into();
+    reg.upsert(relabelled);
+    same(&reg, "new labels");
+    reg.note("h:2", "replaced".into(), t(60));
+    same(&reg, "a note");
+    reg.replacement_suspended = true;
+    same(&reg, "replacements suspended");
+    let value = listing(&reg, t(now));
+    assert_eq!(value[1]["labels"]["k"], "v");
+    assert_eq!(value[0]["health_status"], "unhealthy");
+    assert_eq!(value[0]["replacement_suspended"], true);
+}
+
+#[test]
+fn an_engine_found_by_address_follows_address_changes() {
+    let mut reg = Registry::new(LIMITS);
+    reg.register(Registry::new_external_engine(
+        "h",
+        1,
+        Some("e1".into()),
+        None,
+        BTreeMap::new(),
+        t(0),
+    ));
+    assert_eq!(reg.find_engine(None, "h", 1), Some("e1"));
+    let mut moved =
+        Registry::new_external_engine("h", 2, Some("e1".into()), None, BTreeMap::new(), t(0));
+    moved.container_id = "e1".into();
+    reg.upsert(moved);
+    assert_eq!(reg.find_engine(None, "h", 1), None, "the old address");
+    assert_eq!(reg.find_engine(None, "h", 2), Some("e1"));
+    reg.remove_engine("e1", "gone", t(1)).unwrap();
+    assert_eq!(reg.find_engine(None, "h", 2), None, "a removed engine");
+}
