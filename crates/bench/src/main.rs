@@ -107,6 +107,12 @@ struct Args {
     #[arg(long, default_value_t = 10.0)]
     ingest_seconds: f64,
 
+    /// Connections sending events at once in the ingest phase, one request
+    /// at a time each (1 = the round trip of one event; figures before
+    /// 2026-12-02 in docs/PERFORMANCE.md are 1).
+    #[arg(long, default_value_t = 8)]
+    ingest_senders: usize,
+
     /// HEALTH_CHECK_INTERVAL_S given to the orchestrator.
     #[arg(long, default_value_t = 2.0)]
     interval: f64,
@@ -410,6 +416,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.hung,
             args.engines
         );
+    }
+    if args.ingest_senders == 0 {
+        bail!("--ingest-senders must be 1 or more");
     }
     for (name, value) in [
         ("--duration", args.duration),
@@ -1019,15 +1028,17 @@ async fn measure(
 
     // 7. Ingest.
     eprintln!(
-        "bench: ingest: sequential stream_started (+ stream_ended of the oldest, {} open per engine) for {}s",
+        "bench: ingest: stream_started (+ stream_ended of the oldest, {} open per engine) from {} connections, one request at a time each, for {}s",
         phases::OPEN_STREAMS_PER_ENGINE,
+        args.ingest_senders,
         args.ingest_seconds
     );
     sampler.phase("ingest");
-    // One client, one connection, one request at a time: run it on its own
+    // A few connections, one request at a time each: run them on their own
     // single-threaded runtime so that the load generator's own cost per request
     // (and cross-thread wake-ups in it) stays as small as it can be.
     let ingest = {
+        let senders = args.ingest_senders;
         let base = orch.base.clone();
         let ports = healthy_sim.ports.clone();
         let duration = Duration::from_secs_f64(args.ingest_seconds);
@@ -1037,7 +1048,7 @@ async fn measure(
                 .build()
                 .context("cannot start the ingest runtime")?;
             runtime.block_on(async {
-                phases::ingest(&phases::client()?, &base, &ports, duration).await
+                phases::ingest(&phases::client()?, &base, &ports, duration, senders).await
             })
         })
         .await

@@ -1,6 +1,7 @@
 //! The load: registration, warm-up, `GET /engines` sweeps and event ingest.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -421,6 +422,8 @@ pub async fn max_age_now(
 #[derive(Debug, Clone, Serialize)]
 pub struct IngestResult {
     pub seconds: f64,
+    /// Connections sending at once, one request at a time each.
+    pub senders: usize,
     pub started_sent: usize,
     pub ended_sent: usize,
     /// Answers with a 2xx status.
@@ -499,79 +502,119 @@ impl Tally {
 /// where each engine carries a couple of streams.
 pub const OPEN_STREAMS_PER_ENGINE: usize = 2;
 
-/// Sequential `stream_started` events (each, once the window is full, followed
-/// by the `stream_ended` of the oldest open stream) from one keep-alive client
-/// for `duration`.
+/// `stream_started` events (each, once the window is full, followed by the
+/// `stream_ended` of the oldest open stream) for `duration`, from `senders`
+/// keep-alive connections that each send one request at a time, as that many
+/// proxies (or viewers' sessions of one proxy) would. With one sender the rate
+/// is the inverse of one event's round trip; with several it is what the
+/// orchestrator takes in, their events sharing commits.
 pub async fn ingest(
     client: &reqwest::Client,
     base: &str,
     healthy_ports: &[u16],
     duration: Duration,
+    senders: usize,
 ) -> anyhow::Result<IngestResult> {
     if healthy_ports.is_empty() {
         bail!("ingest needs at least one healthy engine");
     }
+    let senders = senders.max(1) as u64;
     let started_url = format!("{base}/events/stream_started");
     let ended_url = format!("{base}/events/stream_ended");
-    let mut tally = Tally {
+    let started = Instant::now();
+    let until = started + duration;
+    let ok_so_far = std::sync::atomic::AtomicUsize::new(0);
+    let errors_so_far = std::sync::atomic::AtomicUsize::new(0);
+    // Streams stay open for a window of OPEN_STREAMS_PER_ENGINE per engine,
+    // then end: as many open streams on a fast machine as on a slow one, so
+    // the memory figure measures the orchestrator, not the machine. A
+    // multiple of the senders, so that each sender ends its own streams.
+    let window =
+        ((OPEN_STREAMS_PER_ENGINE * healthy_ports.len()) as u64).div_ceil(senders) * senders;
+    let sender = |first: u64| {
+        let (started_url, ended_url) = (&started_url, &ended_url);
+        let (ok_so_far, errors_so_far) = (&ok_so_far, &errors_so_far);
+        async move {
+            let mut tally = Tally {
+                ok: 0,
+                errors: 0,
+                transport_errors: 0,
+                consecutive_transport_errors: 0,
+                latencies: Vec::new(),
+                first_errors: Vec::new(),
+            };
+            let (mut started_sent, mut ended_sent) = (0usize, 0usize);
+            let mut last_print = Instant::now();
+            let mut i = first;
+            while Instant::now() < until {
+                let port = healthy_ports[(i % healthy_ports.len() as u64) as usize];
+                let key = format!("{:040x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let session = format!("bench-session-{i}");
+                let stream_id = format!("bench-{i}");
+                let event = started_event(port, &key, &session, &stream_id);
+                let (ok, errors) = (tally.ok, tally.errors);
+                tally
+                    .send(client, started_url, "stream_started", &event)
+                    .await?;
+                started_sent += 1;
+                if let Some(oldest) = i.checked_sub(window) {
+                    let ended =
+                        json!({ "stream_id": format!("bench-{oldest}"), "reason": "bench" });
+                    tally
+                        .send(client, ended_url, "stream_ended", &ended)
+                        .await?;
+                    ended_sent += 1;
+                }
+                ok_so_far.fetch_add(tally.ok - ok, Ordering::Relaxed);
+                errors_so_far.fetch_add(tally.errors - errors, Ordering::Relaxed);
+                i += senders;
+                if first == 0 && last_print.elapsed() >= Duration::from_secs(2) {
+                    last_print = Instant::now();
+                    let elapsed = started.elapsed().as_secs_f64();
+                    let ok = ok_so_far.load(Ordering::Relaxed);
+                    eprintln!(
+                        "bench: ingest {elapsed:>4.1}s/{:.0}s: {ok} ok ({:.0} events/s), {} errors",
+                        duration.as_secs_f64(),
+                        ok as f64 / elapsed,
+                        errors_so_far.load(Ordering::Relaxed)
+                    );
+                }
+            }
+            Ok::<_, anyhow::Error>((tally, started_sent, ended_sent))
+        }
+    };
+    let results = futures::future::join_all((0..senders).map(sender)).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut all = IngestResult {
+        seconds,
+        senders: senders as usize,
+        started_sent: 0,
+        ended_sent: 0,
         ok: 0,
         errors: 0,
         transport_errors: 0,
-        consecutive_transport_errors: 0,
-        latencies: Vec::new(),
+        events_per_s: 0.0,
+        latency: LatencyStats::default(),
         first_errors: Vec::new(),
     };
-    let (mut started_sent, mut ended_sent) = (0usize, 0usize);
-    let started = Instant::now();
-    let until = started + duration;
-    let mut last_print = Instant::now();
-    let mut i: u64 = 0;
-    // Streams stay open for a window of OPEN_STREAMS_PER_ENGINE per engine,
-    // then end: as many open streams on a fast machine as on a slow one, so
-    // the memory figure measures the orchestrator, not the machine.
-    let window = (OPEN_STREAMS_PER_ENGINE * healthy_ports.len()) as u64;
-    while Instant::now() < until {
-        let port = healthy_ports[(i % healthy_ports.len() as u64) as usize];
-        let key = format!("{:040x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let session = format!("bench-session-{i}");
-        let stream_id = format!("bench-{i}");
-        let event = started_event(port, &key, &session, &stream_id);
-        tally
-            .send(client, &started_url, "stream_started", &event)
-            .await?;
-        started_sent += 1;
-        if let Some(oldest) = i.checked_sub(window) {
-            let ended = json!({ "stream_id": format!("bench-{oldest}"), "reason": "bench" });
-            tally
-                .send(client, &ended_url, "stream_ended", &ended)
-                .await?;
-            ended_sent += 1;
-        }
-        i += 1;
-        if last_print.elapsed() >= Duration::from_secs(2) {
-            last_print = Instant::now();
-            let elapsed = started.elapsed().as_secs_f64();
-            eprintln!(
-                "bench: ingest {elapsed:>4.1}s/{:.0}s: {} ok ({:.0} events/s), {} errors",
-                duration.as_secs_f64(),
-                tally.ok,
-                tally.ok as f64 / elapsed,
-                tally.errors
-            );
+    let mut latencies = Vec::new();
+    for result in results {
+        let (tally, started_sent, ended_sent) = result?;
+        all.started_sent += started_sent;
+        all.ended_sent += ended_sent;
+        all.ok += tally.ok;
+        all.errors += tally.errors;
+        all.transport_errors += tally.transport_errors;
+        latencies.extend(tally.latencies);
+        for e in tally.first_errors {
+            if all.first_errors.len() < KEEP_ERRORS {
+                all.first_errors.push(e);
+            }
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(IngestResult {
-        seconds,
-        started_sent,
-        ended_sent,
-        ok: tally.ok,
-        errors: tally.errors,
-        transport_errors: tally.transport_errors,
-        events_per_s: tally.ok as f64 / seconds,
-        latency: LatencyStats::from(tally.latencies),
-        first_errors: tally.first_errors,
-    })
+    all.events_per_s = all.ok as f64 / seconds;
+    all.latency = LatencyStats::from(latencies);
+    Ok(all)
 }
 
 /// A `stream_started` event in the shape docs/CONTRACT.md gives, for an engine on

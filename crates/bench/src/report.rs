@@ -218,8 +218,9 @@ pub fn print_table(s: &Summary) {
     }
     let i = &s.ingest;
     println!(
-        "ingest   {:.1}s: {} stream_started + {} stream_ended ({} left open); {} ok, {} errors ({} without answer) -> {:.0} events/s",
+        "ingest   {:.1}s, {} connections: {} stream_started + {} stream_ended ({} left open); {} ok, {} errors ({} without answer) -> {:.0} events/s",
         i.seconds,
+        i.senders,
         i.started_sent,
         i.ended_sent,
         i.started_sent - i.ended_sent,
