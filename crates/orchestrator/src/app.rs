@@ -206,6 +206,19 @@ async fn container_runtime(config: &Config) -> Arc<dyn ContainerRuntime> {
     }
 }
 
+/// How long a player's first request may wait for its session's first
+/// bytes: long enough for the pool to start an engine for it (and, with
+/// on-demand VPN nodes, the node before it), then for the engine's first
+/// bytes; never shorter than `PROXY_FAILOVER_TIMEOUT_S`. A player that
+/// arrives at an empty pool is served late rather than refused.
+pub fn proxy_start_timeout(config: &Config) -> Duration {
+    let mut provisioning = config.startup_timeout_s + config.proxy_stall_s;
+    if config.vpn_configs_dir.is_some() {
+        provisioning += config.vpn_startup_timeout_s;
+    }
+    Duration::from_secs_f64(provisioning.max(config.proxy_failover_timeout_s))
+}
+
 /// The built-in proxy's settings.
 pub fn proxy_settings(config: &Config) -> ProxySettings {
     ProxySettings {
@@ -213,6 +226,7 @@ pub fn proxy_settings(config: &Config) -> ProxySettings {
             ring_bytes: config.proxy_buffer_mb as usize * 1024 * 1024,
             stall_timeout: Duration::from_secs_f64(config.proxy_stall_s),
             failover_timeout: Duration::from_secs_f64(config.proxy_failover_timeout_s),
+            start_timeout: proxy_start_timeout(config),
             max_failover_attempts: 5,
             headroom: Duration::from_secs_f64(config.proxy_headroom_s),
             max_viewers: config.max_viewers_per_stream as usize,

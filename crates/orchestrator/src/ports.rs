@@ -458,15 +458,23 @@ mod tests {
         assert_eq!(ports.in_use(), all.len());
     }
 
+    /// Two neighbouring host ports nobody listens on now: host ports are
+    /// checked against the machine's listeners, so a fixed pair would fail
+    /// the test whenever another program (or test) held one of them.
+    fn free_host_pair() -> PortRange {
+        (41000..60000)
+            .step_by(2)
+            .map(|start| range(start, start + 1))
+            .find(|pair| host_port_is_free(pair.start) && host_port_is_free(pair.end))
+            .expect("two neighbouring free ports between 41000 and 60000")
+    }
+
     #[test]
     fn engine_ports_are_all_or_nothing() {
-        let ports = EnginePorts::new(
-            range(40100, 40101),
-            range(40200, 40202),
-            range(40300, 40300),
-        );
+        let host = free_host_pair();
+        let ports = EnginePorts::new(host, range(40200, 40202), range(40300, 40300));
         let first = ports.allocate(false).unwrap();
-        assert!((40100..=40101).contains(&first.host_http));
+        assert!((host.start..=host.end).contains(&first.host_http));
         assert_eq!(first.container_http, 40200);
         assert_eq!(first.container_https, 40300);
         assert_eq!(first.host_https, None);

@@ -522,7 +522,15 @@ async fn select_starts_an_engine_when_none_fits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_proxy_starts_an_engine_when_none_is_running_and_plays() {
     let dir = tempfile::tempdir().unwrap();
-    let (orch, cleanup) = start(dir.path(), "21200-21219", &[("MAX_REPLICAS", "2")]).await;
+    // A failover may take 0.2 s, less than starting a container: the first
+    // player's wait is bounded by the start budget (STARTUP_TIMEOUT_S +
+    // PROXY_STALL_S), not by the failover's.
+    let (orch, cleanup) = start(
+        dir.path(),
+        "21200-21219",
+        &[("MAX_REPLICAS", "2"), ("PROXY_FAILOVER_TIMEOUT_S", "0.2")],
+    )
+    .await;
     assert!(cleanup.containers().is_empty());
     // A player with no engine anywhere: one is provisioned, then it plays.
     let response = orch

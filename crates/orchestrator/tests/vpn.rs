@@ -1065,3 +1065,41 @@ async fn a_node_that_never_runs_its_tunnel_is_removed_and_its_credential_cools_d
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_at_an_empty_pool_waits_while_a_node_and_its_engine_start() {
+    // A failover may take 0.3 s, far less than starting a node and an
+    // engine behind it; a first player is still served, late.
+    let (t, written) = on_demand(
+        "21700-21709",
+        &[("a", 61)],
+        &[("PROXY_FAILOVER_TIMEOUT_S", "0.3")],
+    )
+    .await;
+    let orch = &t.orch;
+    assert!(nodes(orch).await.is_empty());
+    let started = std::time::Instant::now();
+    let response = orch
+        .client
+        .get(orch.url("/ace/getstream?id=00112233445566778899aabbccddeeff00112299"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", orch.logs());
+    common::read_ts_stream(response).await;
+    let waited = started.elapsed();
+    assert!(
+        waited > Duration::from_millis(300),
+        "the node and the engine started in {waited:?}: the test shows nothing"
+    );
+    let shown = nodes(orch).await;
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert_eq!(shown[0]["credential"], written[0].0.as_str());
+    let node = shown[0]["name"].as_str().unwrap();
+    let (_, streams) = orch.get("/streams?status=started").await;
+    assert_eq!(
+        vec![streams[0]["container_id"].as_str().unwrap().to_owned()],
+        engines_behind(orch, node).await,
+        "the stream runs on the engine behind the new node"
+    );
+}

@@ -93,9 +93,14 @@ pub struct SessionConfig {
     /// No bytes for this long is a stall, hence a failover. Also how long a
     /// newly opened source may take to send its first bytes.
     pub stall_timeout: Duration,
-    /// How long a failover (or the initial open) may take, from the failure
-    /// to the first byte of the new source, before the session ends.
+    /// How long a failover may take, from the failure to the first byte of
+    /// the new source, before the session ends.
     pub failover_timeout: Duration,
+    /// How long the session's first open may take, from the first viewer's
+    /// request to the first byte: at least `failover_timeout`, and longer
+    /// when the engine may have to be started first (a container, and
+    /// perhaps a VPN node before it).
+    pub start_timeout: Duration,
     /// At most this many `open` calls per failover.
     pub max_failover_attempts: u32,
     /// How far behind the live edge viewers are served (see module docs).
@@ -122,6 +127,7 @@ impl Default for SessionConfig {
             ring_bytes: 16 << 20,
             stall_timeout: Duration::from_secs(5),
             failover_timeout: Duration::from_secs(15),
+            start_timeout: Duration::from_secs(15),
             max_failover_attempts: 3,
             headroom: Duration::ZERO,
             max_viewers: 100,
@@ -226,7 +232,7 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     /// Opens the content (retrying like a failover, within
-    /// `failover_timeout`), waits for its first bytes and starts the ingest
+    /// `start_timeout`), waits for its first bytes and starts the ingest
     /// task. Events arrive on the returned receiver, `Started` first.
     pub async fn start(
         provider: Arc<dyn SourceProvider>,
@@ -234,7 +240,15 @@ impl SessionHandle {
     ) -> Result<(SessionHandle, mpsc::UnboundedReceiver<SessionEvent>), OpenError> {
         let cancel = CancellationToken::new();
         let mut failed = Vec::new();
-        let opened = match open_source(&*provider, &mut failed, &config, &cancel).await {
+        let opened = match open_source(
+            &*provider,
+            &mut failed,
+            &config,
+            config.start_timeout.max(config.failover_timeout),
+            &cancel,
+        )
+        .await
+        {
             Opened::Ok(opened) => opened,
             Opened::Cancelled => return Err(OpenError("cancelled".into())),
             Opened::Failed(e) => return Err(OpenError(e)),
@@ -416,14 +430,15 @@ enum Opened {
 
 /// Opens a source not in `failed` and waits for its first bytes: at most
 /// `max_failover_attempts` opens with a short backoff, all within
-/// `failover_timeout`. Engines that open but send nothing join `failed`.
+/// `budget`. Engines that open but send nothing join `failed`.
 async fn open_source(
     provider: &dyn SourceProvider,
     failed: &mut Vec<EngineKey>,
     config: &SessionConfig,
+    budget: Duration,
     cancel: &CancellationToken,
 ) -> Opened {
-    let deadline = Instant::now() + config.failover_timeout;
+    let deadline = Instant::now() + budget;
     let mut also_failed = Vec::new();
     let mut last_error = String::from("no attempt made");
     let mut backoff = FIRST_BACKOFF;
@@ -589,7 +604,15 @@ impl Ingest {
             let mut failed = vec![source.engine.clone()];
             let last_byte = self.last_byte;
             let config = &self.shared.config;
-            match open_source(&*self.provider, &mut failed, config, &self.cancel).await {
+            match open_source(
+                &*self.provider,
+                &mut failed,
+                config,
+                config.failover_timeout,
+                &self.cancel,
+            )
+            .await
+            {
                 Opened::Ok(opened) => {
                     let gap = Instant::now().saturating_duration_since(last_byte);
                     let _ = self.events.send(SessionEvent::FailedOver(Failover {
@@ -1037,6 +1060,7 @@ mod tests {
             ring_bytes: 1 << 20,
             stall_timeout: ms(1000),
             failover_timeout: ms(3000),
+            start_timeout: ms(3000),
             max_failover_attempts: 2,
             headroom: Duration::ZERO,
             max_viewers: 100,
@@ -1352,6 +1376,53 @@ mod tests {
         assert!(!seqs(&ids, 2).is_empty(), "the viewer crossed the splice");
         // It joined 5 s behind the live edge (at 6 s, so around chunk 10).
         assert!(seqs(&ids, 1)[0] <= 110, "{:?}", &ids[..3]);
+    }
+
+    /// A pool with no engine free: the first open starts one, which takes
+    /// `boot` (a container, perhaps a VPN node first).
+    struct BootsFirst {
+        engines: Arc<Engines>,
+        boot: Duration,
+    }
+
+    impl SourceProvider for BootsFirst {
+        fn open<'a>(
+            &'a self,
+            exclude: &'a [EngineKey],
+        ) -> Pin<Box<dyn Future<Output = Result<Source, OpenError>> + Send + 'a>> {
+            Box::pin(async move {
+                tokio::time::sleep(self.boot).await;
+                self.engines.open(exclude).await
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_viewer_waits_for_an_engine_to_start_longer_than_a_failover_may_take() {
+        let boot = ms(8000);
+        let slow = |start_timeout| {
+            let provider = Arc::new(BootsFirst {
+                engines: Engines::new(vec![("A", live(1, 100, 0, End::Eof))], ms(0)),
+                boot,
+            });
+            let cfg = SessionConfig {
+                start_timeout,
+                ..config()
+            };
+            SessionHandle::start(provider, cfg)
+        };
+        // failover_timeout is 3 s: a start held to it gives up.
+        let started = Instant::now();
+        let Err(refused) = slow(ms(3000)).await else {
+            panic!("a source within 3 s")
+        };
+        assert!(refused.0.contains("timed out"), "{}", refused.0);
+        assert_eq!(started.elapsed(), ms(3000));
+        // With a start budget that covers the boot, the viewer is served.
+        let started = Instant::now();
+        let (session, _events) = slow(ms(30_000)).await.expect("started");
+        assert!(started.elapsed() >= boot);
+        assert_eq!(session.engine(), "A");
     }
 
     #[tokio::test(start_paused = true)]
