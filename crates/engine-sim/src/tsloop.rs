@@ -12,6 +12,7 @@
 //! or DTS, and where), so serving a stretch of the broadcast is a copy plus a few byte
 //! patches, and the same stretch is byte-identical whichever engine serves it.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -106,6 +107,9 @@ impl TsLoop {
         let mut pcr_pid = None;
         let mut first_pcr = None;
         let mut last_pcr = None;
+        // Per PID with timestamps: (first, second to last, last) decoding
+        // time, DTS when the PES has one, else PTS.
+        let mut tracks: HashMap<u16, (u64, u64, u64)> = HashMap::new();
 
         for (index, packet) in data.chunks_exact(PACKET_LEN).enumerate() {
             let header = Header::parse(packet);
@@ -126,6 +130,14 @@ impl TsLoop {
             if let Some(pes) = header.pes(packet) {
                 m.pts = pes.pts;
                 m.dts = pes.dts;
+                let field = usize::from(if pes.dts != 0 { pes.dts } else { pes.pts });
+                if field != 0 {
+                    let t = read_timestamp(&packet[field..field + 5]);
+                    tracks
+                        .entry(header.pid)
+                        .and_modify(|(_, prev, last)| (*prev, *last) = (*last, t))
+                        .or_insert((t, t, t));
+                }
                 // Video PES (stream ids 0xE0..=0xEF) flagged random-access: a keyframe.
                 if pes.video && header.random_access {
                     keyframes.push(index);
@@ -179,6 +191,7 @@ impl TsLoop {
             .ok()
             .filter(|&d| d > 0 && d < TIMESTAMP_MODULUS)
             .context("the file's bitrate gives a loop shorter than a tick or longer than 26 h")?;
+        let duration_90k = cover_every_track(duration_90k, tracks.values().copied());
 
         Ok(TsLoop {
             data: Bytes::from(data),
@@ -282,6 +295,26 @@ impl TsLoop {
                 }
             }
         }
+    }
+}
+
+/// The loop's length, lengthened when a track runs past it. Files often
+/// hold a few milliseconds more audio than video; shifted by the bytes'
+/// duration alone, the next loop's first audio frame would come before the
+/// last one ended and its timestamps would step back (players and ffmpeg
+/// report non-monotonic DTS). Each track needs its span plus its last
+/// frame's duration. By at most a tenth: beyond, the file's timestamps are
+/// not to be trusted (a jump, a wrap) and the bytes' duration stands.
+fn cover_every_track(duration_90k: u64, tracks: impl Iterator<Item = (u64, u64, u64)>) -> u64 {
+    let since = |from: u64, to: u64| (to + TIMESTAMP_MODULUS - from) % TIMESTAMP_MODULUS;
+    let needed = tracks
+        .map(|(first, prev, last)| since(first, last) + since(prev, last))
+        .max()
+        .unwrap_or(0);
+    if needed > duration_90k && needed <= duration_90k + duration_90k / 10 {
+        needed
+    } else {
+        duration_90k
     }
 }
 
@@ -545,6 +578,31 @@ mod tests {
         let mut pieces = ts.chunk(2 * n + 5, 3 * n).to_vec();
         pieces.extend_from_slice(&ts.chunk(3 * n, 3 * n + 5));
         assert_eq!(&ts.chunk(2 * n + 5, 3 * n + 5)[..], &pieces[..]);
+    }
+
+    #[test]
+    fn a_track_longer_than_the_loop_lengthens_it_so_time_never_steps_back() {
+        // The sample's 10 packets last 18,000 ticks by their PCRs; its audio
+        // has frames at 2,000 and 11,450: the second ends at 20,900, past
+        // the loop's end at 20,000 (it started at 2,000).
+        let mut data = sample();
+        data[188 * 9..].copy_from_slice(&packet(0x101, 1, None, Some((0xC0, 11_450, None))));
+        let ts = TsLoop::parse(data, 1).unwrap();
+        assert_eq!(ts.duration_90k, 18_900);
+        let n = ts.packets();
+        let two = ts.chunk(0, 2 * n);
+        let pts = |i: usize| read_timestamp(&two[i * PACKET_LEN + 13..i * PACKET_LEN + 18]);
+        let (last_of_loop_0, first_of_loop_1) = (pts(9), pts(10 + 5));
+        assert_eq!(last_of_loop_0, 11_450);
+        assert_eq!(
+            first_of_loop_1 - last_of_loop_0,
+            9_450,
+            "one frame's duration between the loops, as inside them"
+        );
+        // Timestamps that jump far past the bytes' duration are not followed.
+        let mut jumpy = sample();
+        jumpy[188 * 9..].copy_from_slice(&packet(0x101, 1, None, Some((0xC0, 900_000, None))));
+        assert_eq!(TsLoop::parse(jumpy, 1).unwrap().duration_90k, 18_000);
     }
 
     #[test]

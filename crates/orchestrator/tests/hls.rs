@@ -232,15 +232,11 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
         .expect("ffmpeg ran");
     let errors = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "ffmpeg failed: {errors}");
-    // The emulator replays a 6 s file in a loop, and the file's AAC track
-    // is a little longer than its video: at every loop the audio DTS steps
-    // back about 2 ms, in the engine's own stream as much as here. ffmpeg's
-    // null muxer reports that; nothing else may be reported.
-    let (loop_steps, other): (Vec<&str>, Vec<&str>) = errors
-        .lines()
-        .partition(|l| l.contains("non monotonically increasing dts"));
-    assert!(other.is_empty(), "ffmpeg reported: {errors}");
-    assert!(loop_steps.len() <= 5, "more than one per loop: {errors}");
+    // Nothing reported: no decoding error, and timestamps that never step
+    // back, across the failover's discontinuity and the emulator's loops
+    // (its 6 s file has a little more audio than video; it lengthens each
+    // loop to cover it).
+    assert!(errors.trim().is_empty(), "ffmpeg reported: {errors}");
 
     // Segments that slid out are gone, unknown tokens and files too, each
     // with its reason.
