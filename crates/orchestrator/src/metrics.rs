@@ -47,9 +47,30 @@ pub struct TableLabel {
     pub table: &'static str,
 }
 
+/// An HLS request: which file (`manifest`, `playlist`, `segment`) and how
+/// it was answered ([`hls_result`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HlsLabels {
+    pub file: &'static str,
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
+}
+
+/// The `result` label of an HLS answer with `status`.
+pub fn hls_result(status: u16) -> &'static str {
+    match status {
+        200..=399 => "ok",
+        404 => "not_found",
+        410 => "gone",
+        502 => "refused",
+        503 => "unavailable",
+        400..=499 => "rejected",
+        _ => "error",
+    }
 }
 
 pub struct Metrics {
@@ -73,6 +94,9 @@ pub struct Metrics {
     pub proxy_sessions_started: Counter,
     pub proxy_failovers: Counter,
     pub proxy_viewers: Gauge,
+    pub proxy_viewers_by_kind: Family<KindLabel, Gauge>,
+    pub hls_requests: Family<HlsLabels, Counter>,
+    pub hls_segment_bytes: Counter,
     pub vpn_node_healthy: Family<NodeLabel, Gauge>,
     pub store_dropped_writes: Gauge,
     pub db_file_bytes: Family<FileLabel, Gauge>,
@@ -114,6 +138,9 @@ impl Metrics {
             proxy_sessions_started: Counter::default(),
             proxy_failovers: Counter::default(),
             proxy_viewers: Gauge::default(),
+            proxy_viewers_by_kind: Family::default(),
+            hls_requests: Family::default(),
+            hls_segment_bytes: Counter::default(),
             vpn_node_healthy: Family::default(),
             store_dropped_writes: Gauge::default(),
             db_file_bytes: Family::default(),
@@ -230,6 +257,32 @@ impl Metrics {
             "Players reading streams through the built-in proxy now",
             m.proxy_viewers.clone(),
         );
+        registry.register(
+            "orch_proxy_viewers_by_kind",
+            "Players of the built-in proxy now, by kind: ts (/ace/getstream connections) or hls (viewer tokens still fetching)",
+            m.proxy_viewers_by_kind.clone(),
+        );
+        registry.register(
+            "orch_hls_requests",
+            "HLS requests by file (manifest, playlist, segment) and result (ok, gone = slid out of the window, not_found, unavailable, refused = the engine refused the content, rejected = bad request or token)",
+            m.hls_requests.clone(),
+        );
+        registry.register(
+            "orch_hls_segment_bytes",
+            "Bytes of HLS segments sent to players (segments are shared in memory, not copied per player)",
+            m.hls_segment_bytes.clone(),
+        );
+        for kind in ["ts", "hls"] {
+            let _ = m.proxy_viewers_by_kind.get_or_create(&KindLabel { kind });
+        }
+        for (file, result) in [
+            ("manifest", "ok"),
+            ("playlist", "ok"),
+            ("segment", "ok"),
+            ("segment", "gone"),
+        ] {
+            let _ = m.hls_requests.get_or_create(&HlsLabels { file, result });
+        }
         registry.register(
             "orch_vpn_node_healthy",
             "1 while a VPN node's tunnel is running (its last check passed), by node",

@@ -153,6 +153,15 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
     )
     .await;
     assert_eq!(stream["viewers"], 2, "{stream}");
+    let metrics = metrics(&orch).await;
+    assert_eq!(
+        sample(&metrics, r#"orch_proxy_viewers_by_kind{kind="hls"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&metrics, r#"orch_proxy_viewers_by_kind{kind="ts"}"#),
+        1.0
+    );
     assert_eq!(
         stream["play"]["hls"],
         format!("/ace/manifest.m3u8?id={CONTENT}"),
@@ -261,6 +270,24 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
     assert_eq!(future.status(), 404);
     let (status, body) = orch.get("/ace/hls/nosuchtoken/index.m3u8").await;
     assert_eq!(status, 404);
+    // What the player fetched, and the two refusals, are counted.
+    let metrics = metrics(&orch).await;
+    let requests = |file: &str, result: &str| {
+        sample(
+            &metrics,
+            &format!(r#"orch_hls_requests_total{{file="{file}",result="{result}"}}"#),
+        )
+    };
+    assert_eq!(requests("manifest", "ok"), 1.0, "{metrics}");
+    assert!(requests("playlist", "ok") >= 5.0, "{metrics}");
+    assert!(requests("segment", "ok") >= 5.0, "{metrics}");
+    assert!(requests("segment", "gone") >= 1.0, "{metrics}");
+    assert!(requests("segment", "not_found") >= 1.0, "{metrics}");
+    assert!(requests("playlist", "not_found") >= 1.0, "{metrics}");
+    assert!(
+        sample(&metrics, "orch_hls_segment_bytes_total") > 1_000_000.0,
+        "20 s of the test video (about 1.2 Mbit/s): {metrics}"
+    );
     assert!(body["detail"].as_str().unwrap().contains("token"), "{body}");
     let (status, _) = orch
         .get(&playlist_url[playlist_url.find("/ace/").unwrap()..].replace("index.m3u8", "x.mp4"))
@@ -340,4 +367,19 @@ async fn bad_requests_get_the_getstream_answers() {
         head.headers()["content-type"],
         "application/vnd.apple.mpegurl"
     );
+}
+
+/// The orchestrator's `/metrics` text.
+async fn metrics(orch: &Orch) -> String {
+    let (status, body) = orch.get("/metrics").await;
+    assert_eq!(status, 200);
+    body.as_str().unwrap_or_default().to_owned()
+}
+
+/// The value of one sample, `name{labels}` exactly as exported; 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
 }

@@ -49,6 +49,30 @@ pub async fn manifest(
     method: Method,
     extensions: axum::http::Extensions,
     headers: HeaderMap,
+    query: AppQuery<PlayQuery>,
+) -> Response {
+    let orch = state.orch.clone();
+    let response = open_manifest(state, method, extensions, headers, query)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    count(&orch.metrics, "manifest", response.status());
+    response
+}
+
+/// Counts one HLS answer in `orch_hls_requests_total`.
+fn count(metrics: &crate::metrics::Metrics, file: &'static str, status: StatusCode) {
+    let result = crate::metrics::hls_result(status.as_u16());
+    metrics
+        .hls_requests
+        .get_or_create(&crate::metrics::HlsLabels { file, result })
+        .inc();
+}
+
+async fn open_manifest(
+    state: AppState,
+    method: Method,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
     AppQuery(query): AppQuery<PlayQuery>,
 ) -> Result<Response, ApiError> {
     check_token(&state, query.token.as_deref())?;
@@ -105,7 +129,21 @@ pub async fn manifest(
 pub async fn file(
     State(state): State<AppState>,
     AppPath((token, file)): AppPath<(String, String)>,
-) -> Result<Response, ApiError> {
+) -> Response {
+    let orch = state.orch.clone();
+    let kind = if file == "index.m3u8" {
+        "playlist"
+    } else {
+        "segment"
+    };
+    let response = serve_file(state, token, file)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    count(&orch.metrics, kind, response.status());
+    response
+}
+
+async fn serve_file(state: AppState, token: String, file: String) -> Result<Response, ApiError> {
     let hls = state.proxy.hls_viewer(&token).ok_or_else(|| {
         ApiError::NotFound(format!(
             "unknown HLS viewer token '{token}': it expired or its stream ended; open /ace/manifest.m3u8?id=… again"
@@ -136,14 +174,21 @@ pub async fn file(
             ))
         })?;
     match hls.segment(seq) {
-        Lookup::Found(data) => Ok((
-            [
-                (header::CONTENT_TYPE, "video/mp2t"),
-                (header::CACHE_CONTROL, "max-age=60"),
-            ],
-            data,
-        )
-            .into_response()),
+        Lookup::Found(data) => {
+            state
+                .orch
+                .metrics
+                .hls_segment_bytes
+                .inc_by(data.len() as u64);
+            Ok((
+                [
+                    (header::CONTENT_TYPE, "video/mp2t"),
+                    (header::CACHE_CONTROL, "max-age=60"),
+                ],
+                data,
+            )
+                .into_response())
+        }
         Lookup::SlidOut { oldest } => Err(ApiError::Status(
             StatusCode::GONE,
             format!("segment {seq} slid out of the live window; the oldest kept is {oldest}"),

@@ -284,6 +284,21 @@ impl Registry {
             .sum()
     }
 
+    /// Players of proxied streams now, by kind.
+    pub fn proxy_viewers_by_kind(&self) -> crate::domain::ViewersByKind {
+        let mut all = crate::domain::ViewersByKind::default();
+        for stream in self
+            .engines
+            .values()
+            .flat_map(|e| e.active.iter())
+            .filter_map(|id| self.streams.get(id))
+        {
+            all.ts += stream.viewers_by_kind.ts;
+            all.hls += stream.viewers_by_kind.hls;
+        }
+        all
+    }
+
     /// Records a failover of a proxied stream (the most recent `max` kept).
     pub fn push_failover(
         &mut self,

@@ -216,14 +216,21 @@ impl Orchestrator {
     }
 
     pub fn refresh_gauges(&self) {
-        let (counts, active, viewers) = self.read(|r| {
+        let (counts, active, viewers, by_kind) = self.read(|r| {
             (
                 r.health_counts(),
                 r.active_stream_count(),
                 r.proxy_viewer_count(),
+                r.proxy_viewers_by_kind(),
             )
         });
         self.metrics.proxy_viewers.set(viewers as i64);
+        for (kind, count) in [("ts", by_kind.ts), ("hls", by_kind.hls)] {
+            self.metrics
+                .proxy_viewers_by_kind
+                .get_or_create(&crate::metrics::KindLabel { kind })
+                .set(i64::from(count));
+        }
         self.metrics.set_engine_counts(counts, active);
         self.metrics
             .store_queue_depth
