@@ -153,7 +153,7 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
     )
     .await;
     assert_eq!(stream["viewers"], 2, "{stream}");
-    let metrics = metrics(&orch).await;
+    let metrics = read_metrics(&orch).await;
     assert_eq!(
         sample(&metrics, r#"orch_proxy_viewers_by_kind{kind="hls"}"#),
         1.0
@@ -241,11 +241,19 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
         .expect("ffmpeg ran");
     let errors = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "ffmpeg failed: {errors}");
-    // Nothing reported: no decoding error, and timestamps that never step
-    // back, across the failover's discontinuity and the emulator's loops
-    // (its 6 s file has a little more audio than video; it lengthens each
-    // loop to cover it).
-    assert!(errors.trim().is_empty(), "ffmpeg reported: {errors}");
+    // At the failover the new engine's stream starts at its last PAT before
+    // a keyframe, which may repeat a frame the old one sent; the playlist
+    // announces it with #EXT-X-DISCONTINUITY, where players reset their
+    // timeline, but ffmpeg's null muxer reports a step back (seen: once in
+    // two runs, "56 >= 56"). Nothing else may be reported: no decoding error,
+    // and no step back at the emulator's loops (its 6 s file has a little
+    // more audio than video; it lengthens each loop to cover it, where this
+    // test used to see one step back per loop).
+    let (steps, other): (Vec<&str>, Vec<&str>) = errors
+        .lines()
+        .partition(|l| l.contains("non monotonically increasing dts"));
+    assert!(other.is_empty(), "ffmpeg reported: {errors}");
+    assert!(steps.len() <= 2, "more than the failover's: {errors}");
 
     // Segments that slid out are gone, unknown tokens and files too, each
     // with its reason.
@@ -271,14 +279,15 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
     let (status, body) = orch.get("/ace/hls/nosuchtoken/index.m3u8").await;
     assert_eq!(status, 404);
     // What the player fetched, and the two refusals, are counted.
-    let metrics = metrics(&orch).await;
+    let metrics = read_metrics(&orch).await;
     let requests = |file: &str, result: &str| {
         sample(
             &metrics,
             &format!(r#"orch_hls_requests_total{{file="{file}",result="{result}"}}"#),
         )
     };
-    assert_eq!(requests("manifest", "ok"), 1.0, "{metrics}");
+    // ffmpeg reloads the first URL (it keeps its token), so at least once.
+    assert!(requests("manifest", "ok") >= 1.0, "{metrics}");
     assert!(requests("playlist", "ok") >= 5.0, "{metrics}");
     assert!(requests("segment", "ok") >= 5.0, "{metrics}");
     assert!(requests("segment", "gone") >= 1.0, "{metrics}");
@@ -370,7 +379,7 @@ async fn bad_requests_get_the_getstream_answers() {
 }
 
 /// The orchestrator's `/metrics` text.
-async fn metrics(orch: &Orch) -> String {
+async fn read_metrics(orch: &Orch) -> String {
     let (status, body) = orch.get("/metrics").await;
     assert_eq!(status, 200);
     body.as_str().unwrap_or_default().to_owned()
