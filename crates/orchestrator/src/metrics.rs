@@ -98,6 +98,7 @@ pub struct Metrics {
     pub hls_requests: Family<HlsLabels, Counter>,
     pub hls_segment_bytes: Counter,
     pub vpn_node_healthy: Family<NodeLabel, Gauge>,
+    pub vpn_credentials: Family<StatusLabel, Gauge>,
     pub store_dropped_writes: Gauge,
     pub db_file_bytes: Family<FileLabel, Gauge>,
     pub db_free_bytes: Gauge,
@@ -142,6 +143,7 @@ impl Metrics {
             hls_requests: Family::default(),
             hls_segment_bytes: Counter::default(),
             vpn_node_healthy: Family::default(),
+            vpn_credentials: Family::default(),
             store_dropped_writes: Gauge::default(),
             db_file_bytes: Family::default(),
             db_free_bytes: Gauge::default(),
@@ -283,6 +285,11 @@ impl Metrics {
         ] {
             let _ = m.hls_requests.get_or_create(&HlsLabels { file, result });
         }
+        registry.register(
+            "orch_vpn_credentials",
+            "WireGuard credentials in VPN_CONFIGS_DIR by status: free, leased (to a node), cooling_down (its node failed), invalid (the file is not usable); only with VPN_CONFIGS_DIR",
+            m.vpn_credentials.clone(),
+        );
         registry.register(
             "orch_vpn_node_healthy",
             "1 while a VPN node's tunnel is running (its last check passed), by node",

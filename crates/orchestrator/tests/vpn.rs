@@ -769,6 +769,13 @@ async fn on_demand_nodes_come_with_the_engines_one_credential_each_and_go_when_i
             .unwrap();
         assert_eq!(view["status"], "leased", "{view}");
     }
+    // The same counts on /metrics, for alerting on "no free credential".
+    let (_, metrics) = orch.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default();
+    for (status, count) in [("free", 0), ("leased", 2), ("cooling_down", 0), ("invalid", 1)] {
+        let series = format!("orch_vpn_credentials{{status=\"{status}\"}} {count}\n");
+        assert!(metrics.contains(&series), "no {series:?} in\n{metrics}");
+    }
 
     // The engines go: their nodes follow once idle, and the credentials are free.
     for id in &provisioned {
