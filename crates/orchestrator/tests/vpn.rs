@@ -772,7 +772,12 @@ async fn on_demand_nodes_come_with_the_engines_one_credential_each_and_go_when_i
     // The same counts on /metrics, for alerting on "no free credential".
     let (_, metrics) = orch.get("/metrics").await;
     let metrics = metrics.as_str().unwrap_or_default();
-    for (status, count) in [("free", 0), ("leased", 2), ("cooling_down", 0), ("invalid", 1)] {
+    for (status, count) in [
+        ("free", 0),
+        ("leased", 2),
+        ("cooling_down", 0),
+        ("invalid", 1),
+    ] {
         let series = format!("orch_vpn_credentials{{status=\"{status}\"}} {count}\n");
         assert!(metrics.contains(&series), "no {series:?} in\n{metrics}");
     }

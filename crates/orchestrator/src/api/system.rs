@@ -16,7 +16,11 @@ use super::AppState;
 )]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.orch.refresh_gauges();
-    if let Some(counts) = state.pool.as_ref().and_then(|pool| pool.credential_counts()) {
+    if let Some(counts) = state
+        .pool
+        .as_ref()
+        .and_then(|pool| pool.credential_counts())
+    {
         for (status, count) in counts {
             state
                 .orch

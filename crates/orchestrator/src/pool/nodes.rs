@@ -228,7 +228,12 @@ impl Pool {
     /// `cooling_down`, `invalid`); `None` without `VPN_CONFIGS_DIR`.
     pub fn credential_counts(&self) -> Option<[(&'static str, i64); 4]> {
         self.on_demand()?;
-        let mut counts = [("free", 0), ("leased", 0), ("cooling_down", 0), ("invalid", 0)];
+        let mut counts = [
+            ("free", 0),
+            ("leased", 0),
+            ("cooling_down", 0),
+            ("invalid", 0),
+        ];
         for view in self.credentials() {
             if let Some(count) = counts.iter_mut().find(|c| c.0 == view.status) {
                 count.1 += 1;
