@@ -42,7 +42,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_stream_failovers.sql"),
     include_str!("../migrations/0003_streams_expiry.sql"),
+    include_str!("../migrations/0004_stat_snapshot_streams_by_number.sql"),
 ];
+
+/// A stream's number in `stat_snapshots.stream` (migration 0004), by its id.
+const STREAM_SEQ: &str = "(SELECT seq FROM streams WHERE id = ?1)";
 
 /// The tables, in the order `/metrics` lists their row counts.
 pub const TABLES: [&str; 5] = [
@@ -547,12 +551,35 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             known: MIGRATIONS.len(),
         });
     }
+    let upgrade = version > 0 && version < MIGRATIONS.len();
+    if upgrade {
+        // 0004 rewrites the stat snapshots (1.3 million rows: 1.2 s here)
+        // and needs free disk about the new table's size meanwhile.
+        tracing::info!(
+            from = version,
+            to = MIGRATIONS.len(),
+            "migrating the database; this can take a minute on a large file"
+        );
+    }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", index + 1)?;
         tx.commit()?;
         tracing::info!(version = index + 1, "database migrated");
+    }
+    let incremental = conn.pragma_query_value(None, "auto_vacuum", |r| r.get::<_, i64>(0))?
+        == AUTO_VACUUM_INCREMENTAL;
+    if upgrade && incremental {
+        // What a rewritten table left free goes back to the file system now,
+        // not at the next clean-up (never, with STREAMS_RETENTION_DAYS=0).
+        // An older file is switched to incremental vacuum by a full VACUUM
+        // right after this, which does the same.
+        let step = vacuum_step(conn, u32::MAX)?;
+        tracing::info!(
+            freed_bytes = step.freed_bytes,
+            "space the migration left free given back"
+        );
     }
     Ok(())
 }
@@ -885,8 +912,9 @@ fn apply(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
             tx.prepare_cached(
                 "INSERT INTO streams (id, key_type, key, container_id, playback_session_id,
                     stat_url, command_url, is_live, started_at, ended_at, status, end_reason,
-                    failovers)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                    failovers, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
+                    (SELECT IFNULL(MAX(seq), 0) + 1 FROM streams))
                  ON CONFLICT (id) DO UPDATE SET
                     key_type = excluded.key_type, key = excluded.key,
                     container_id = excluded.container_id,
@@ -917,8 +945,9 @@ fn apply(tx: &Transaction<'_>, op: &WriteOp) -> rusqlite::Result<()> {
             snapshot: s,
         } => {
             tx.prepare_cached(
-                "INSERT INTO stat_snapshots (stream_id, ts, peers, speed_down, speed_up,
-                    downloaded, uploaded, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO stat_snapshots (stream, ts, peers, speed_down, speed_up,
+                    downloaded, uploaded, status)
+                 SELECT seq, ?2, ?3, ?4, ?5, ?6, ?7, ?8 FROM streams WHERE id = ?1",
             )?
             .execute(params![
                 stream_id,
@@ -979,18 +1008,18 @@ fn trim(
     let tx = conn.transaction()?;
     {
         // Everything of the owner at or below its (limit+1)-th newest row.
-        let keep = |table: &str, owner: &str| {
+        let keep = |table: &str, column: &str, owner: &str| {
             tx.prepare(&format!(
-                "DELETE FROM {table} WHERE {owner} = ?1 AND id <= (
-                    SELECT id FROM {table} WHERE {owner} = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)"
+                "DELETE FROM {table} WHERE {column} = {owner} AND id <= (
+                    SELECT id FROM {table} WHERE {column} = {owner} ORDER BY id DESC LIMIT 1 OFFSET ?2)"
             ))
         };
-        let mut stats = keep("stat_snapshots", "stream_id")?;
+        let mut stats = keep("stat_snapshots", "stream", STREAM_SEQ)?;
         for id in &touched.streams {
             stats.execute(params![id, retention.stats_per_stream as i64])?;
         }
-        let mut checks = keep("health_checks", "engine_id")?;
-        let mut transitions = keep("health_transitions", "engine_id")?;
+        let mut checks = keep("health_checks", "engine_id", "?1")?;
+        let mut transitions = keep("health_transitions", "engine_id", "?1")?;
         for id in &touched.engines {
             checks.execute(params![id, retention.health_per_engine as i64])?;
             transitions.execute(params![id, retention.health_per_engine as i64])?;
@@ -1026,10 +1055,10 @@ fn expire(conn: &mut Connection, cutoff: Timestamp, budget: usize) -> rusqlite::
             )?
             .collect::<Result<Vec<_>, _>>()?;
         found = ids.len();
-        let mut snapshots = tx.prepare_cached(
+        let mut snapshots = tx.prepare_cached(&format!(
             "DELETE FROM stat_snapshots WHERE id IN (
-                SELECT id FROM stat_snapshots WHERE stream_id = ?1 LIMIT ?2)",
-        )?;
+                SELECT id FROM stat_snapshots WHERE stream = {STREAM_SEQ} LIMIT ?2)"
+        ))?;
         let mut stream = tx.prepare_cached("DELETE FROM streams WHERE id = ?1")?;
         let mut left = budget;
         for id in &ids {
@@ -1161,11 +1190,11 @@ fn load(
         loaded.streams.push(row?);
     }
 
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare(&format!(
         "SELECT ts, peers, speed_down, speed_up, downloaded, uploaded, status FROM (
-            SELECT * FROM stat_snapshots WHERE stream_id = ?1 ORDER BY id DESC LIMIT ?2)
-         ORDER BY id",
-    )?;
+            SELECT * FROM stat_snapshots WHERE stream = {STREAM_SEQ} ORDER BY id DESC LIMIT ?2)
+         ORDER BY id"
+    ))?;
     for stream in &loaded.streams {
         let rows = stmt.query_map(params![stream.id, retention.stats_per_stream as i64], |r| {
             Ok(StatSnapshot {
@@ -1263,7 +1292,10 @@ mod tests {
         let (store, loaded) = Store::open(&path, RETENTION, 10).unwrap();
         assert!(loaded.engines.is_empty());
 
-        let mut ops = vec![WriteOp::UpsertEngine(Box::new(engine("e1")))];
+        let mut ops = vec![
+            WriteOp::UpsertEngine(Box::new(engine("e1"))),
+            WriteOp::UpsertStream(Box::new(stream("s1", 5, None))),
+        ];
         for i in 0..5 {
             ops.push(WriteOp::StatSnapshot {
                 stream_id: "s1".into(),
@@ -1435,9 +1467,65 @@ mod tests {
         assert_eq!(
             count(
                 &path,
-                "SELECT COUNT(*) FROM stat_snapshots WHERE stream_id LIKE 'old-%'"
+                "SELECT COUNT(*) FROM stat_snapshots WHERE stream NOT IN (SELECT seq FROM streams)"
             ),
-            0
+            0,
+            "no snapshot outlives its stream"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_3_database_keeps_its_snapshots_now_keyed_by_stream_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute_batch(
+                "INSERT INTO streams (id, key_type, key, container_id, is_live, started_at, status)
+                 VALUES ('a', 'infohash', 'k', 'e', 1, 1, 'started'),
+                        ('b', 'infohash', 'k', 'e', 1, 2, 'started');
+                 INSERT INTO stat_snapshots (stream_id, ts, peers) VALUES
+                    ('a', 1, 1), ('b', 2, 2), ('a', 3, 3), ('gone', 4, 4), ('a', 5, 5);",
+            )
+            .unwrap();
+        }
+        let (store, loaded) = Store::open(&path, RETENTION, 10).unwrap();
+        let peers = |stream: &str| -> Vec<Option<i64>> {
+            loaded.stats[stream].iter().map(|s| s.peers).collect()
+        };
+        assert_eq!(peers("a"), [Some(1), Some(3), Some(5)]);
+        assert_eq!(peers("b"), [Some(2)]);
+        assert_eq!(
+            count(
+                &path,
+                "SELECT COUNT(*) FROM pragma_table_info('stat_snapshots') WHERE name = 'stream_id'"
+            ),
+            0,
+            "the id column is gone"
+        );
+        assert_eq!(
+            count(&path, "SELECT COUNT(*) FROM stat_snapshots"),
+            4,
+            "the snapshot of no stream is left behind"
+        );
+        // New streams and snapshots after the migration.
+        let mut ops = vec![WriteOp::UpsertStream(Box::new(stream("c", 6, None)))];
+        ops.extend(snapshots("c", 2));
+        ops.extend(snapshots("a", 1));
+        store.submit(ops).committed().await.unwrap();
+        drop(store);
+        let (_store, loaded) = Store::open(&path, RETENTION, 10).unwrap();
+        assert_eq!(loaded.stats["c"].len(), 2);
+        assert_eq!(loaded.stats["a"].len(), 3, "at most stats_per_stream");
+        assert_eq!(loaded.stats["a"].back().unwrap().peers, Some(0));
+        assert_eq!(
+            count(&path, "SELECT COUNT(DISTINCT seq) FROM streams"),
+            3,
+            "every stream has its own number"
         );
     }
 
@@ -1446,7 +1534,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orch.db");
         let (store, _) = Store::open(&path, RETENTION, 10).unwrap();
-        let mut ops = snapshots("a", 6);
+        let mut ops = vec![
+            WriteOp::UpsertStream(Box::new(stream("a", 0, None))),
+            WriteOp::UpsertStream(Box::new(stream("b", 0, None))),
+        ];
+        ops.extend(snapshots("a", 6));
         ops.extend(snapshots("b", 2));
         for i in 0..5 {
             ops.push(WriteOp::HealthCheck {
@@ -1465,15 +1557,15 @@ mod tests {
         store.flush().await;
         let per = |sql: &str| count(&path, sql);
         assert_eq!(
-            per("SELECT COUNT(*) FROM stat_snapshots WHERE stream_id = 'a'"),
+            per("SELECT COUNT(*) FROM stat_snapshots WHERE stream = (SELECT seq FROM streams WHERE id = 'a')"),
             3
         );
         assert_eq!(
-            per("SELECT MIN(peers) FROM stat_snapshots WHERE stream_id = 'a'"),
+            per("SELECT MIN(peers) FROM stat_snapshots WHERE stream = (SELECT seq FROM streams WHERE id = 'a')"),
             3
         );
         assert_eq!(
-            per("SELECT COUNT(*) FROM stat_snapshots WHERE stream_id = 'b'"),
+            per("SELECT COUNT(*) FROM stat_snapshots WHERE stream = (SELECT seq FROM streams WHERE id = 'b')"),
             2
         );
         assert_eq!(per("SELECT COUNT(*) FROM health_checks"), 2);
