@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{test_video, wait_for, Orch, Sim};
+use common::{metric_value, test_video, wait_for, Orch, Sim};
 use serde_json::Value;
 
 const CONTENT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -153,14 +153,14 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
     )
     .await;
     assert_eq!(stream["viewers"], 2, "{stream}");
-    let metrics = read_metrics(&orch).await;
+    let metrics = orch.metrics().await;
     assert_eq!(
-        sample(&metrics, r#"orch_proxy_viewers_by_kind{kind="hls"}"#),
-        1.0
+        metric_value(&metrics, r#"orch_proxy_viewers_by_kind{kind="hls"}"#),
+        Some(1.0)
     );
     assert_eq!(
-        sample(&metrics, r#"orch_proxy_viewers_by_kind{kind="ts"}"#),
-        1.0
+        metric_value(&metrics, r#"orch_proxy_viewers_by_kind{kind="ts"}"#),
+        Some(1.0)
     );
     assert_eq!(
         stream["play"]["hls"],
@@ -279,12 +279,13 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
     let (status, body) = orch.get("/ace/hls/nosuchtoken/index.m3u8").await;
     assert_eq!(status, 404);
     // What the player fetched, and the two refusals, are counted.
-    let metrics = read_metrics(&orch).await;
+    let metrics = orch.metrics().await;
     let requests = |file: &str, result: &str| {
-        sample(
+        metric_value(
             &metrics,
             &format!(r#"orch_hls_requests_total{{file="{file}",result="{result}"}}"#),
         )
+        .unwrap_or(0.0)
     };
     // ffmpeg reloads the first URL (it keeps its token), so at least once.
     assert!(requests("manifest", "ok") >= 1.0, "{metrics}");
@@ -294,7 +295,7 @@ async fn ffmpeg_plays_hls_across_a_failover_beside_a_ts_player_of_one_session() 
     assert!(requests("segment", "not_found") >= 1.0, "{metrics}");
     assert!(requests("playlist", "not_found") >= 1.0, "{metrics}");
     assert!(
-        sample(&metrics, "orch_hls_segment_bytes_total") > 1_000_000.0,
+        metric_value(&metrics, "orch_hls_segment_bytes_total").unwrap_or(0.0) > 1_000_000.0,
         "20 s of the test video (about 1.2 Mbit/s): {metrics}"
     );
     assert!(body["detail"].as_str().unwrap().contains("token"), "{body}");
@@ -376,19 +377,4 @@ async fn bad_requests_get_the_getstream_answers() {
         head.headers()["content-type"],
         "application/vnd.apple.mpegurl"
     );
-}
-
-/// The orchestrator's `/metrics` text.
-async fn read_metrics(orch: &Orch) -> String {
-    let (status, body) = orch.get("/metrics").await;
-    assert_eq!(status, 200);
-    body.as_str().unwrap_or_default().to_owned()
-}
-
-/// The value of one sample, `name{labels}` exactly as exported; 0 when absent.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().unwrap())
 }

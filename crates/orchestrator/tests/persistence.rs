@@ -114,22 +114,6 @@ fn backdated_snapshots(stream: &Stream, count: i64) -> Vec<WriteOp> {
         .collect()
 }
 
-/// One value of `/metrics`, by its name with labels as printed.
-async fn metric(orch: &Orch, series: &str) -> Option<f64> {
-    let text = orch
-        .client
-        .get(orch.url("/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-}
-
 fn rows(db: &Path, sql: &str, id: &str) -> i64 {
     let conn = Connection::open(db).unwrap();
     let count = if sql.contains("?1") {
@@ -206,7 +190,7 @@ async fn ended_streams_past_the_retention_leave_the_disk_with_their_snapshots() 
 
     orch.restart().await;
     let finished = wait_for("the clean-up at start", Duration::from_secs(30), || async {
-        metric(&orch, "orch_db_cleanup_last_timestamp_seconds")
+        orch.metric("orch_db_cleanup_last_timestamp_seconds")
             .await
             .filter(|&t| t > 0.0)
     })
@@ -222,23 +206,17 @@ async fn ended_streams_past_the_retention_leave_the_disk_with_their_snapshots() 
         "{logs}"
     );
     assert_eq!(
-        metric(
-            &orch,
-            r#"orch_db_cleanup_last_removed_rows{table="streams"}"#
-        )
-        .await,
+        orch.metric(r#"orch_db_cleanup_last_removed_rows{table="streams"}"#)
+            .await,
         Some(150.0)
     );
     assert_eq!(
-        metric(
-            &orch,
-            r#"orch_db_cleanup_last_removed_rows{table="stat_snapshots"}"#
-        )
-        .await,
+        orch.metric(r#"orch_db_cleanup_last_removed_rows{table="stat_snapshots"}"#)
+            .await,
         Some(30_000.0)
     );
     assert!(
-        metric(&orch, "orch_db_cleanup_last_freed_bytes")
+        orch.metric("orch_db_cleanup_last_freed_bytes")
             .await
             .unwrap()
             > 0.0
@@ -251,14 +229,16 @@ async fn ended_streams_past_the_retention_leave_the_disk_with_their_snapshots() 
     ] {
         let series = format!(r#"orch_db_rows{{table="{table}"}}"#);
         wait_for(&series, Duration::from_secs(10), || async {
-            (metric(&orch, &series).await == Some(want)).then_some(())
+            (orch.metric(&series).await == Some(want)).then_some(())
         })
         .await;
     }
-    let main = metric(&orch, r#"orch_db_file_bytes{file="main"}"#)
+    let main = orch
+        .metric(r#"orch_db_file_bytes{file="main"}"#)
         .await
         .unwrap();
-    let wal = metric(&orch, r#"orch_db_file_bytes{file="wal"}"#)
+    let wal = orch
+        .metric(r#"orch_db_file_bytes{file="wal"}"#)
         .await
         .unwrap();
     assert!(main > 0.0 && wal >= 0.0);

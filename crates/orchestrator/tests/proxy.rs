@@ -242,12 +242,7 @@ async fn viewers_share_one_session_and_survive_a_hung_engine() {
         || async { (sim.open_streams().await == 0).then_some(()) },
     )
     .await;
-    let metrics = reqwest::get(orch.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = orch.metrics().await;
     assert!(
         metrics.contains("orch_proxy_failovers_total 1"),
         "{metrics}"

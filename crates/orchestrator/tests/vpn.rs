@@ -182,12 +182,7 @@ async fn a_dropped_tunnel_takes_its_engines_out_and_moves_their_streams() {
         "it rejoined"
     );
     reader.abort();
-    let metrics = reqwest::get(orch.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = orch.metrics().await;
     assert!(
         metrics.contains(&format!(
             "orch_vpn_node_healthy{{node=\"{}\"}} 1",
@@ -770,16 +765,19 @@ async fn on_demand_nodes_come_with_the_engines_one_credential_each_and_go_when_i
         assert_eq!(view["status"], "leased", "{view}");
     }
     // The same counts on /metrics, for alerting on "no free credential".
-    let (_, metrics) = orch.get("/metrics").await;
-    let metrics = metrics.as_str().unwrap_or_default();
+    let metrics = orch.metrics().await;
     for (status, count) in [
-        ("free", 0),
-        ("leased", 2),
-        ("cooling_down", 0),
-        ("invalid", 1),
+        ("free", 0.0),
+        ("leased", 2.0),
+        ("cooling_down", 0.0),
+        ("invalid", 1.0),
     ] {
-        let series = format!("orch_vpn_credentials{{status=\"{status}\"}} {count}\n");
-        assert!(metrics.contains(&series), "no {series:?} in\n{metrics}");
+        let series = format!("orch_vpn_credentials{{status=\"{status}\"}}");
+        assert_eq!(
+            common::metric_value(&metrics, &series),
+            Some(count),
+            "{series} in\n{metrics}"
+        );
     }
 
     // The engines go: their nodes follow once idle, and the credentials are free.

@@ -370,6 +370,19 @@ impl Orch {
         body["engine"].clone()
     }
 
+    /// The `/metrics` text (empty if it cannot be read).
+    pub async fn metrics(&self) -> String {
+        match self.client.get(self.url("/metrics")).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// One value of `/metrics` now, by its name with labels as printed.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        metric_value(&self.metrics().await, series)
+    }
+
     pub async fn wait_health(&self, id: &str, want: &str, deadline: Duration) -> Value {
         wait_for(&format!("{id} to be {want}"), deadline, || async {
             let engine = self.engine(id).await;
@@ -407,6 +420,15 @@ impl Orch {
         }
         self.spawn().await;
     }
+}
+
+/// One value in a `/metrics` text, by its name with labels exactly as
+/// printed (`orch_hls_requests_total{file="segment",result="ok"}`).
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 pub fn started_event(port: u16, key: &str, session: &str) -> Value {
