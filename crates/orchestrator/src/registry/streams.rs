@@ -274,16 +274,6 @@ impl Registry {
         }
     }
 
-    /// Players reading streams through the built-in proxy now.
-    pub fn proxy_viewer_count(&self) -> u64 {
-        self.engines
-            .values()
-            .flat_map(|e| e.active.iter())
-            .filter_map(|id| self.streams.get(id))
-            .map(|s| u64::from(s.viewers))
-            .sum()
-    }
-
     /// Players of proxied streams now, by kind.
     pub fn proxy_viewers_by_kind(&self) -> crate::domain::ViewersByKind {
         let mut all = crate::domain::ViewersByKind::default();

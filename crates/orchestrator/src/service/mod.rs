@@ -216,15 +216,17 @@ impl Orchestrator {
     }
 
     pub fn refresh_gauges(&self) {
-        let (counts, active, viewers, by_kind) = self.read(|r| {
+        let (counts, active, by_kind) = self.read(|r| {
             (
                 r.health_counts(),
                 r.active_stream_count(),
-                r.proxy_viewer_count(),
                 r.proxy_viewers_by_kind(),
             )
         });
-        self.metrics.proxy_viewers.set(viewers as i64);
+        // A stream's `viewers` is always its TS plus its HLS viewers.
+        self.metrics
+            .proxy_viewers
+            .set(i64::from(by_kind.ts) + i64::from(by_kind.hls));
         for (kind, count) in [("ts", by_kind.ts), ("hls", by_kind.hls)] {
             self.metrics
                 .proxy_viewers_by_kind
